@@ -1,0 +1,62 @@
+# Every target bootstraps what it needs: a fresh clone needs only `make serve` or `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH ?= $(shell uname -m | sed -e 's/aarch64/arm64/')
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: help venv node serve test test-fast lint typecheck layer synth localstack-up localstack-down deploy-local bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed ## Create the virtualenv with every Python dependency
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node: node_modules/.installed ## Install the pinned CDK command-line tools
+
+serve: venv ## Serve the bundled default model (or STORE=...) on http://$(HOST):$(PORT)
+	$(VENV)/bin/modelship serve --host $(HOST) --port $(PORT) $(if $(STORE),--store $(STORE),)
+
+test: venv node ## Run the whole test suite: lint, types, unit, functional, infra, edge, integration
+	bash scripts/test.sh all
+
+test-fast: venv ## Unit and functional tests only
+	bash scripts/test.sh fast
+
+lint: venv ## ruff and mypy (strict on the core)
+	bash scripts/test.sh lint
+
+layer: venv ## Build the onnxruntime + numpy Lambda layer: make layer ARCH=x86_64|arm64
+	$(PY) layers/build_layer.py --arch $(ARCH)
+
+synth: venv node ## Synthesize the CDK app offline into cdk.out/
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx cdk synth --quiet
+
+localstack-up: ## Start LocalStack on 127.0.0.1:4566 on the host (no Docker); idempotent
+	bash scripts/localstack.sh up
+
+localstack-down: ## Stop LocalStack and its Lambda processes; idempotent
+	bash scripts/localstack.sh down
+
+deploy-local: venv node ## Deploy the CDK app to LocalStack and push the default model
+	bash scripts/deploy-local.sh
+
+bench: venv ## Measure the warm-path overhead over raw session.run
+	$(PY) bench/warm_path.py
+
+clean: ## Remove build outputs (keeps the virtualenvs)
+	rm -rf cdk.out layers/build build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,190 @@
+"""Warm-path overhead of modelship over raw ``session.run``, measured side by side in one run.
+
+Reports per-call medians for: raw onnxruntime, the core (``InferenceService.handle``), the API Gateway
+translation (``apigw.handle_event``) and the full Lambda handler with Powertools, for a tiny model
+(1x16 Add) and a heavier MLP, in JSON and binary modes. No timing is asserted anywhere: read the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pybase64
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functions"))
+
+
+def tiny_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10
+    ).SerializeToString()
+
+
+def mlp_model(width: int = 1024, depth: int = 4) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, previous = [], [], "x"
+    for layer in range(depth):
+        weight = numpy_helper.from_array(
+            (rng.standard_normal((width, width)) * 0.02).astype(np.float32), f"w{layer}"
+        )
+        inits.append(weight)
+        nodes.append(helper.make_node("MatMul", [previous, f"w{layer}"], [f"m{layer}"]))
+        nodes.append(helper.make_node("Relu", [f"m{layer}"], [f"h{layer}"]))
+        previous = f"h{layer}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=inits,
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10
+    ).SerializeToString()
+
+
+def median_us(function: Callable[[], Any], repeat: int) -> float:
+    for _ in range(min(200, repeat)):
+        function()
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6
+
+
+def json_event(name: str, array: np.ndarray) -> dict[str, Any]:
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": list(array.shape), "datatype": "FP32", "data": array.ravel().tolist()}
+            ]
+        }
+    )
+    return {
+        "httpMethod": "POST",
+        "path": f"/v2/models/{name}/infer",
+        "headers": {},
+        "body": body.decode(),
+        "isBase64Encoded": False,
+        "requestContext": {"requestId": "bench"},
+    }
+
+
+def binary_event(name: str, array: np.ndarray) -> dict[str, Any]:
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(array.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": array.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return {
+        "httpMethod": "POST",
+        "path": f"/v2/models/{name}/infer",
+        "headers": {
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+        "body": pybase64.b64encode(header + array.tobytes()).decode(),
+        "isBase64Encoded": True,
+        "requestContext": {"requestId": "bench"},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3000, help="timed calls per case (tiny model)")
+    args = parser.parse_args()
+    store = tempfile.mkdtemp(prefix="modelship-bench-")
+    os.environ.update(
+        {
+            "MODELSHIP_STORE": store,
+            "MODELSHIP_PRELOAD": "tiny,mlp",
+            "POWERTOOLS_METRICS_NAMESPACE": "Bench",
+            "POWERTOOLS_SERVICE_NAME": "bench",
+        }
+    )
+    os.environ.setdefault("MODELSHIP_INTRA_OP_THREADS", "1")
+    from modelship.repository import ModelRepository
+
+    repository = ModelRepository.open(store)
+    for name, data in (("tiny", tiny_model()), ("mlp", mlp_model())):
+        path = Path(store) / f"{name}.onnx"
+        path.write_bytes(data)
+        repository.push(path, name)
+
+    import io
+    from contextlib import redirect_stdout
+
+    from inference import app
+    from modelship.apigw import handle_event
+    from modelship.config import Settings
+    from modelship.httpserver import LocalLambdaContext
+    from modelship.service import InferenceService
+
+    # The core columns use a service without the Powertools observer, so they show the core alone.
+    service = InferenceService.from_settings(Settings.from_env())
+    context = LocalLambdaContext()
+    sink = io.StringIO()
+    print(
+        f"{'case':<28}{'raw us':>10}{'core us':>10}{'apigw us':>10}"
+        f"{'handler us':>12}{'handler-raw':>13}{'ratio':>8}"
+    )
+    # Powertools prints EMF metrics to stdout on every invocation, as in Lambda; keep them off the table.
+    table = sys.stdout
+    redirect = redirect_stdout(sink)
+    redirect.__enter__()
+    for name, batch, repeat in (("tiny", 1, args.repeat), ("mlp", 32, max(50, args.repeat // 30))):
+        model = service.models.get(name, None)
+        width = model.manifest.inputs[0].shape[-1]
+        array = np.random.default_rng(1).standard_normal((batch, width)).astype(np.float32)
+        for mode, event in (("json", json_event(name, array)), ("binary", binary_event(name, array))):
+            body = (
+                event["body"].encode() if not event["isBase64Encoded"] else pybase64.b64decode(event["body"])
+            )
+            headers = {k.lower(): v for k, v in event["headers"].items()}
+            raw = median_us(lambda: model.session.run(None, {"x": array}), repeat)
+            core = median_us(lambda: service.handle("POST", event["path"], headers, body), repeat)
+            translated = median_us(lambda: handle_event(service, event), repeat)
+
+            handler = median_us(lambda: app.handler(event, context), repeat)
+            sink.seek(0)
+            sink.truncate()
+            print(
+                file=table,
+                end=f"{name + ' ' + mode + ' b' + str(batch):<28}{raw:>10.1f}{core:>10.1f}{translated:>10.1f}"
+                f"{handler:>12.1f}{handler - raw:>13.1f}{handler / raw:>8.2f}\n",
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The Lambda door: an API Gateway REST proxy event in, a proxy result out.
+
+Everything that is not Lambda glue lives in ``modelship``. Module-level init builds the service and
+preloads ``MODELSHIP_PRELOAD`` once per execution environment (and before a SnapStart snapshot).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from modelship.apigw import handle_event
+from modelship.config import Settings
+from modelship.service import InferenceService
+from modelship.sessions import LoadedModel
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class PowertoolsObserver:
+    def model_loaded(self, model: LoadedModel) -> None:
+        metrics.add_metric(
+            name="ModelLoadTime", unit=MetricUnit.Milliseconds, value=model.load_seconds * 1000
+        )
+
+    def inference_done(self, model: LoadedModel, seconds: float) -> None:
+        metrics.add_metric(name="InferenceLatency", unit=MetricUnit.Milliseconds, value=seconds * 1000)
+
+
+service = InferenceService.from_settings(Settings.from_env(), PowertoolsObserver())
+service.preload()
+
+
+@metrics.log_metrics(capture_cold_start_metric=True)
+def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle_event(service, event)
+
+
+# A disabled Tracer still costs microseconds per call on the warm path; wrap only when tracing is on.
+if not tracer.disabled:
+    _handle = tracer.capture_lambda_handler(capture_response=False)(_handle)
+
+handler = logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)(_handle)

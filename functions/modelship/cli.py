@@ -1,0 +1,264 @@
+"""The ``modelship`` command: push and list models, serve them locally, and call any endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from modelship import __version__
+from modelship.errors import ModelshipError
+
+DESCRIPTION = """\
+modelship serves ONNX models over the Open Inference Protocol (KServe v2 / Triton HTTP) on AWS Lambda,
+locally, and on AWS IoT Greengrass. A store is s3://bucket/prefix, file:///path or a path; the default
+is $MODELSHIP_STORE, else a local store under ~/.local/share/modelship/store.
+"""
+
+
+def _default_store() -> str:
+    from modelship.config import default_store_path
+
+    return os.environ.get("MODELSHIP_STORE") or str(default_store_path())
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE).decode())
+
+
+def _read_labels(path: Path) -> list[str]:
+    raw = path.read_bytes()
+    try:
+        labels = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise SystemExit(f"error: {path} must hold a JSON list of strings or one label per line")
+    return labels
+
+
+def command_push(args: argparse.Namespace) -> int:
+    from modelship.repository import ModelRepository
+
+    repository = ModelRepository.open(args.store)
+    labels = _read_labels(args.labels) if args.labels else None
+    print(f"validating {args.model} with onnxruntime and pushing to {repository.uri} ...", file=sys.stderr)
+    manifest = repository.push(args.model, args.name, args.version, labels)
+    _print_json(manifest.to_json())
+    return 0
+
+
+def command_list(args: argparse.Namespace) -> int:
+    from modelship.repository import ModelRepository
+
+    listing = ModelRepository.open(args.store).list_models()
+    if args.json:
+        _print_json(listing)
+    elif not listing:
+        print(f"no models in {args.store}")
+    else:
+        width = max(len(name) for name in listing)
+        print(f"{'MODEL':<{width}}  VERSIONS")
+        for name, versions in listing.items():
+            print(f"{name:<{width}}  {', '.join(str(version) for version in versions)}")
+    return 0
+
+
+def command_export_default(args: argparse.Namespace) -> int:
+    from modelship.default_model import export_default_model
+
+    model_path, labels_path, _ = export_default_model(args.directory)
+    print(f"wrote {model_path} and {labels_path}")
+    return 0
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = args.store or os.environ.get("MODELSHIP_STORE")
+    preload = args.preload if args.preload is not None else os.environ.get("MODELSHIP_PRELOAD", "")
+    if not store:
+        from modelship.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+        from modelship.repository import ModelRepository
+
+        store = _default_store()
+        repository = ModelRepository.open(store)
+        if not repository.versions(DEFAULT_MODEL_NAME):
+            print(
+                f"first run: training the bundled {DEFAULT_MODEL_NAME} model into {store} ...",
+                file=sys.stderr,
+            )
+            with tempfile.TemporaryDirectory() as scratch:
+                ensure_default_model(repository, Path(scratch))
+        preload = preload or DEFAULT_MODEL_NAME
+    # The Lambda handler reads its configuration at import, exactly as in Lambda.
+    os.environ["MODELSHIP_STORE"] = store
+    os.environ["MODELSHIP_PRELOAD"] = preload
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "modelship")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Modelship")
+    # EMF lines are for CloudWatch; locally they would drown the access log.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    from inference import app
+
+    from modelship.httpserver import LocalServer, serve_forever
+
+    if app.service.preload_errors:
+        for model, error in app.service.preload_errors.items():
+            print(f"warning: could not preload {model}: {error}", file=sys.stderr)
+    try:
+        server = LocalServer((args.host, args.port), app.handler, app.service.settings.max_request_bytes)
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(
+        f"modelship {__version__} serving {store} on http://{args.host}:{args.port}/v2 (Ctrl-C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve_forever(server)
+    return 0
+
+
+def command_infer(args: argparse.Namespace) -> int:
+    from modelship.client import InferenceClient, parse_input_value
+
+    client = InferenceClient(args.url, sigv4=args.sigv4, timeout=args.timeout)
+    metadata = client.metadata(args.model, args.model_version)
+    specs = {spec["name"]: spec for spec in metadata.get("inputs", [])}
+    inputs = {}
+    for item in args.input:
+        name, separator, value = item.partition("=")
+        if not separator:
+            raise SystemExit(f"error: --input takes NAME=VALUE, got {item!r}")
+        if name not in specs:
+            raise SystemExit(f"error: {args.model} has no input {name!r}; inputs: {sorted(specs)}")
+        spec = specs[name]
+        inputs[name] = parse_input_value(value, spec["datatype"], len(spec["shape"]))
+    datatypes = {name: specs[name]["datatype"] for name in inputs}
+    response = client.infer(
+        args.model,
+        inputs,
+        datatypes,
+        version=args.model_version,
+        binary=args.binary,
+        outputs=args.output or None,
+    )
+    _print_json(response)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelship", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"modelship {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    push = commands.add_parser(
+        "push",
+        help="validate an ONNX model and publish it as a new version",
+        description="Load MODEL with onnxruntime to prove it is servable, read its signature, then write "
+        "models/NAME/VERSION/model.onnx and, last, manifest.json (so a half-written version is never "
+        "visible). Prints the manifest.",
+    )
+    push.add_argument("model", type=Path, metavar="MODEL.onnx", help="the ONNX model file")
+    push.add_argument("--name", required=True, help="model name: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, no '..'")
+    push.add_argument(
+        "--version", type=int, help="version number (default: the latest + 1); versions are immutable"
+    )
+    push.add_argument("--store", default=_default_store(), help="store URI (default: %(default)s)")
+    push.add_argument(
+        "--labels", type=Path, help="class labels: a JSON list of strings, or one label per line"
+    )
+    push.set_defaults(run=command_push)
+
+    listing = commands.add_parser(
+        "list",
+        help="list models and their versions",
+        description="List every model in the store with its complete (manifested) versions.",
+    )
+    listing.add_argument("--store", default=_default_store(), help="store URI (default: %(default)s)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(run=command_list)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a store over HTTP on this machine (the same handler as Lambda)",
+        description="Run the Lambda handler behind a local threaded HTTP/1.1 server: each request becomes an "
+        "API Gateway REST proxy event. Without --store (and $MODELSHIP_STORE), serves the bundled iris model "
+        "from a local default store, creating it on first run.",
+    )
+    serve.add_argument(
+        "--store", help="store URI (default: $MODELSHIP_STORE, else the bundled default model)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--preload", help="comma-separated models to load at start, e.g. 'iris,resnet:3'")
+    serve.set_defaults(run=command_serve)
+
+    infer = commands.add_parser(
+        "infer",
+        help="call any Open Inference Protocol endpoint and print the outputs",
+        description="Reads the model's metadata for input datatypes, sends one inference request, and prints "
+        "the response as JSON. VALUE is inline JSON (e.g. '[[5.1,3.5,1.4,0.2]]'), comma-separated numbers, "
+        "@file.npy, or @file.json (a list, or an object with data and shape).",
+    )
+    infer.add_argument(
+        "--url",
+        required=True,
+        help="base URL, e.g. http://127.0.0.1:8080 or https://ID.execute-api.REGION.amazonaws.com/prod",
+    )
+    infer.add_argument("--model", required=True, help="model name")
+    infer.add_argument("--model-version", type=int, help="model version (default: the latest)")
+    infer.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="NAME=VALUE|@file.npy|@file.json",
+        help="an input tensor; repeat for several inputs",
+    )
+    infer.add_argument("--output", action="append", metavar="NAME", help="request only these outputs")
+    infer.add_argument("--binary", action="store_true", help="use the binary tensor data extension both ways")
+    infer.add_argument(
+        "--sigv4", action="store_true", help="sign requests with AWS SigV4 (API Gateway IAM auth)"
+    )
+    infer.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per HTTP request (default: %(default)s)"
+    )
+    infer.set_defaults(run=command_infer)
+
+    export = commands.add_parser(
+        "export-default",
+        help="write the bundled iris model and its labels to a directory",
+        description="Train the bundled iris classifier and write DIR/iris.onnx and DIR/iris.labels.json, "
+        "ready "
+        "for 'modelship push DIR/iris.onnx --name iris --labels DIR/iris.labels.json'.",
+    )
+    export.add_argument("directory", type=Path, metavar="DIR")
+    export.set_defaults(run=command_export_default)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from modelship.client import ClientError
+
+    try:
+        result: int = args.run(args)
+        return result
+    except (ModelshipError, ClientError) as error:
+        print(f"error: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2 if isinstance(error, ModelshipError) and error.status < 500 else 1
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""A small Open Inference Protocol client, JSON or binary, with optional SigV4 signing for API Gateway."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from modelship.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
+
+_EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
+_LENGTH_PREFIX = struct.Struct("<I")
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class HttpResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class InferenceClient:
+    def __init__(self, base_url: str, *, sigv4: bool = False, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.sigv4 = sigv4
+        self.timeout = timeout
+
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> HttpResult:
+        url = self.base_url + path
+        all_headers = dict(headers or {})
+        if self.sigv4:
+            all_headers = _sign(method, url, body, all_headers)
+        request = urllib.request.Request(url, data=body or None, method=method, headers=all_headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                return HttpResult(
+                    response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+                )
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                message = str(orjson.loads(raw).get("error", raw[:500].decode("utf-8", "replace")))
+            except (orjson.JSONDecodeError, AttributeError):
+                message = raw[:500].decode("utf-8", "replace")
+            raise ClientError(error.code, message) from None
+
+    def model_path(self, model: str, version: int | None) -> str:
+        return f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
+
+    def metadata(self, model: str, version: int | None = None) -> dict[str, Any]:
+        result = self.request("GET", self.model_path(model, version))
+        document: dict[str, Any] = orjson.loads(result.body)
+        return document
+
+    def infer(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        datatypes: dict[str, str],
+        *,
+        version: int | None = None,
+        binary: bool = False,
+        outputs: list[str] | None = None,
+    ) -> dict[str, Any]:
+        body, headers = encode_request(inputs, datatypes, binary=binary, outputs=outputs)
+        result = self.request("POST", self.model_path(model, version) + "/infer", body, headers)
+        return decode_response(result.body, result.headers.get("inference-header-content-length"))
+
+
+def encode_request(
+    inputs: dict[str, np.ndarray], datatypes: dict[str, str], *, binary: bool, outputs: list[str] | None
+) -> tuple[bytes, dict[str, str]]:
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in inputs.items():
+        datatype = datatypes[name]
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
+        if binary:
+            raw = _string_bytes(array) if datatype == BYTES else np.ascontiguousarray(array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = (
+                [str(item) for item in array.ravel()] if datatype == BYTES else array.ravel().tolist()
+            )
+        entries.append(entry)
+    document: dict[str, Any] = {"inputs": entries}
+    if outputs:
+        document["outputs"] = [{"name": name, "parameters": {"binary_data": binary}} for name in outputs]
+    elif binary:
+        document["parameters"] = {"binary_data_output": True}
+    header = orjson.dumps(document)
+    if not binary:
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(chunks), {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+
+
+def decode_response(body: bytes, header_length: str | None) -> dict[str, Any]:
+    split = int(header_length) if header_length is not None else len(body)
+    document: dict[str, Any] = orjson.loads(body[:split])
+    offset = split
+    for output in document.get("outputs", []):
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            continue
+        raw = body[offset : offset + size]
+        offset += size
+        if output["datatype"] == BYTES:
+            output["data"] = _parse_strings(raw)
+        else:
+            output["data"] = np.frombuffer(raw, dtype=NUMPY_DTYPE_BY_DATATYPE[output["datatype"]]).tolist()
+        output["parameters"].pop("binary_data_size")
+        if not output["parameters"]:
+            del output["parameters"]
+    return document
+
+
+def _string_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.ravel():
+        encoded = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts += [_LENGTH_PREFIX.pack(len(encoded)), encoded]
+    return b"".join(parts)
+
+
+def _parse_strings(raw: bytes) -> list[str]:
+    items, position = [], 0
+    while position < len(raw):
+        (length,) = _LENGTH_PREFIX.unpack_from(raw, position)
+        position += 4
+        items.append(raw[position : position + length].decode("utf-8", "replace"))
+        position += length
+    return items
+
+
+def parse_input_value(value: str, datatype: str, expected_rank: int) -> np.ndarray:
+    """``@file.npy``, ``@file.json`` (a list, or {"data", "shape"}) or an inline JSON value."""
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            document = orjson.loads(path.read_bytes())
+            if isinstance(document, dict):
+                array = np.asarray(document["data"])
+                if "shape" in document:
+                    array = array.reshape(document["shape"])
+            else:
+                array = np.asarray(document)
+    else:
+        try:
+            array = np.asarray(orjson.loads(value))
+        except orjson.JSONDecodeError:
+            array = (
+                np.asarray([value]) if datatype == BYTES else np.asarray([float(v) for v in value.split(",")])
+            )
+    if expected_rank and array.ndim == expected_rank - 1:
+        # Convenience: a single example without its batch dimension.
+        array = array[np.newaxis, ...]
+    target = object if datatype == BYTES else NUMPY_DTYPE_BY_DATATYPE[datatype]
+    converted: np.ndarray = array.astype(target)
+    return converted
+
+
+def _sign(method: str, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+    import botocore.session
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    session = botocore.session.get_session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise ClientError(0, "--sigv4 needs AWS credentials (environment, profile or instance role)")
+    match = _EXECUTE_API_HOST.search(url)
+    region = (
+        (match.group(1) if match else None)
+        or os.environ.get("AWS_REGION")
+        or session.get_config_variable("region")
+    )
+    if not region:
+        raise ClientError(0, "--sigv4 cannot tell the region: set AWS_REGION")
+    request = AWSRequest(method=method, url=url, data=body, headers=headers)
+    SigV4Auth(credentials.get_frozen_credentials(), "execute-api", region).add_auth(request)
+    return dict(request.headers.items())

@@ -1,0 +1,212 @@
+"""The local door: a threaded HTTP/1.1 server that runs the Lambda handler.
+
+Each request becomes an API Gateway REST proxy event (body base64-encoded when binary, as API
+Gateway does with binaryMediaTypes), and the proxy result becomes the HTTP response. Responses are
+written with a single send and TCP_NODELAY, so keep-alive clients never wait on Nagle's algorithm.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import orjson
+import pybase64
+
+logger = logging.getLogger("modelship.http")
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+IDLE_CONNECTION_TIMEOUT_SECONDS: Final = 60
+_BINARY_MARKERS: Final = ("inference-header-content-length",)
+
+
+@dataclass
+class LocalLambdaContext:
+    """The attributes of Lambda's context object that handlers and Powertools read."""
+
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_name: str = "modelship-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 2048
+    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:modelship-local"
+    log_group_name: str = "/aws/lambda/modelship-local"
+    log_stream_name: str = "local"
+    deadline: float = field(default_factory=lambda: time.monotonic() + 29)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def build_proxy_event(
+    method: str, target: str, headers: list[tuple[str, str]], body: bytes, request_id: str
+) -> dict[str, Any]:
+    split = urlsplit(target)
+    path = unquote(split.path)
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for key, value in headers:
+        single[key] = value
+        multi.setdefault(key, []).append(value)
+    query = parse_qsl(split.query, keep_blank_values=True)
+    is_binary = any(key.lower() in _BINARY_MARKERS for key, _ in headers)
+    text_body: str | None = None
+    if body and not is_binary:
+        try:
+            text_body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            is_binary = True
+    if not body:
+        encoded_body = None
+    elif is_binary:
+        encoded_body = pybase64.b64encode(body).decode("ascii")
+    else:
+        encoded_body = text_body
+    return {
+        "resource": "/v2/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": single,
+        "multiValueHeaders": multi,
+        "queryStringParameters": dict(query) or None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": path.removeprefix("/v2/")} if path.startswith("/v2/") else None,
+        "stageVariables": None,
+        "requestContext": {
+            "requestId": request_id,
+            "stage": "local",
+            "httpMethod": method,
+            "path": f"/local{path}",
+            "resourcePath": "/v2/{proxy+}",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "body": encoded_body,
+        "isBase64Encoded": is_binary and bool(body),
+    }
+
+
+class ProxyRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "modelship"
+    timeout = IDLE_CONNECTION_TIMEOUT_SECONDS
+    server: LocalServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self) -> None:
+        self._proxy()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET  # noqa: N815
+
+    def _proxy(self) -> None:
+        started = time.perf_counter()
+        status, body = self._proxy_once()
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                '%s "%s %s" %d %dB %.2fms',
+                self.client_address[0],
+                self.command,
+                self.path[:200],
+                status,
+                len(body),
+                (time.perf_counter() - started) * 1000,
+            )
+
+    def _proxy_once(self) -> tuple[int, bytes]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            return self._send_error_json(411, "chunked bodies are not supported; send Content-Length")
+        length_header = self.headers.get("Content-Length", "0")
+        if not length_header.isdigit():
+            self.close_connection = True
+            return self._send_error_json(400, f"invalid Content-Length {length_header[:32]!r}")
+        length = int(length_header)
+        if length > self.server.max_request_bytes:
+            # Do not read a body we will refuse; close instead so the stream stays in sync.
+            self.close_connection = True
+            return self._send_error_json(
+                413, f"request body of {length} bytes exceeds the {self.server.max_request_bytes}-byte limit"
+            )
+        body = self.rfile.read(length) if length else b""
+        context = LocalLambdaContext()
+        event = build_proxy_event(
+            self.command, self.path, list(self.headers.items()), body, context.aws_request_id
+        )
+        try:
+            result = self.server.lambda_handler(event, context)
+            status = int(result["statusCode"])
+            headers = dict(result.get("headers") or {})
+            payload = result.get("body") or ""
+            raw = pybase64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode("utf-8")
+        except Exception:
+            # API Gateway answers 502 when the integration fails; so do we, without leaking a traceback.
+            logger.exception("the Lambda handler failed")
+            return self._send_error_json(502, "internal server error")
+        self._send(status, headers, raw)
+        return status, raw
+
+    def _send_error_json(self, status: int, message: str) -> tuple[int, bytes]:
+        body = orjson.dumps({"error": message})
+        self._send(status, {"Content-Type": "application/json"}, body)
+        return status, body
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Called by the base class for malformed requests; answer in JSON like every other error.
+        self.close_connection = True
+        self._send_error_json(code, message or HTTPStatus(code).phrase)
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        lines = [f"HTTP/1.1 {status} {phrase}"]
+        lines.extend(f"{key}: {value}" for key, value in headers.items() if key.lower() != "content-length")
+        lines.append(f"Content-Length: {len(body)}")
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + body if self.command != "HEAD" else head)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug(format, *args)
+
+
+class LocalServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], lambda_handler: LambdaHandler, max_request_bytes: int
+    ) -> None:
+        super().__init__(address, ProxyRequestHandler)
+        self.lambda_handler = lambda_handler
+        self.max_request_bytes = max_request_bytes
+
+
+def serve_forever(server: LocalServer) -> None:
+    """Serve until Ctrl-C or SIGTERM, then stop accepting and close the socket."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        logger.info("shutting down")
+    finally:
+        server.server_close()

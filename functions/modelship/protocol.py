@@ -1,0 +1,343 @@
+"""Open Inference Protocol (KServe v2 / Triton) request decoding and response encoding.
+
+Requests are validated against the model's signature before onnxruntime sees them, so a bad request
+is a clear 400 rather than an onnxruntime error. The binary tensor data extension is decoded with
+zero-copy ``np.frombuffer`` views into the request body.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from modelship.datatypes import BYTES
+from modelship.errors import BadRequest
+from modelship.sessions import InputBinding, LoadedModel
+
+MAX_DIMENSION: Final = 2**31 - 1
+MAX_ELEMENTS: Final = 2**31 - 1
+HEADER_LENGTH_HEADER: Final = "inference-header-content-length"
+_LENGTH_PREFIX: Final = struct.Struct("<I")
+
+_INT_LIMITS: Final = {
+    kind: np.iinfo(kind) for kind in ("<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8")
+}
+# Which numpy kinds a JSON array may arrive as for each target kind: no strings for numbers, no floats
+# for integers, only true/false for BOOL.
+_ACCEPTED_JSON_KINDS: Final = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+    classification: int
+
+
+@dataclass(slots=True)
+class InferenceCall:
+    request_id: str | None
+    feeds: dict[str, np.ndarray]
+    outputs: list[RequestedOutput]
+    output_names: list[str]
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        raise BadRequest(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {value[:32]!r}"
+        )
+    length = int(text)
+    if length > body_length:
+        raise BadRequest(
+            f"Inference-Header-Content-Length is {length} but the body has only {body_length} bytes"
+        )
+    return length
+
+
+def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | None) -> InferenceCall:
+    if header_length is None:
+        json_part: bytes | memoryview = body
+        binary: memoryview | None = None
+    else:
+        view = memoryview(body)
+        json_part = view[:header_length]
+        binary = view[header_length:]
+    try:
+        document = orjson.loads(json_part)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise BadRequest("request body must be a JSON object with an 'inputs' list")
+
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest("'id' must be a string")
+    parameters = _parameters(document, "request")
+    binary_default = parameters.get("binary_data_output") is True
+
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'inputs' must be a non-empty list of tensors")
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in inputs:
+        if not isinstance(item, dict):
+            raise BadRequest("each entry of 'inputs' must be an object with name, shape, datatype and data")
+        name = item.get("name")
+        if not isinstance(name, str) or name not in model.inputs:
+            raise BadRequest(f"unknown input {name!r}; {model.name} takes {sorted(model.inputs)}")
+        binding = model.inputs[name]
+        if name in feeds:
+            raise BadRequest(f"input {name!r} is given more than once")
+        datatype = item.get("datatype")
+        if datatype != binding.datatype:
+            raise BadRequest(f"input {name!r} has datatype {binding.datatype}, not {datatype!r}")
+        shape, count = _validate_shape(binding, item.get("shape"))
+        binary_size = _parameters(item, f"input {name!r}").get("binary_data_size")
+        if binary_size is not None:
+            if binary is None:
+                raise BadRequest(
+                    f"input {name!r} sets binary_data_size but the request has no "
+                    "Inference-Header-Content-Length"
+                )
+            if "data" in item:
+                raise BadRequest(f"input {name!r} has both 'data' and binary_data_size")
+            if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+                raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+            end = offset + binary_size
+            if end > len(binary):
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {binary_size} runs past the end of the binary data"
+                )
+            feeds[name] = _decode_binary(binding, binary[offset:end], shape, count)
+            offset = end
+        else:
+            if "data" not in item:
+                raise BadRequest(f"input {name!r} has no 'data' (nor binary_data_size)")
+            feeds[name] = _decode_json(binding, item["data"], shape, count)
+    if len(feeds) != len(model.required_inputs):
+        missing = sorted(model.required_inputs - feeds.keys())
+        raise BadRequest(f"missing required input(s) {missing}")
+    if binary is not None and offset != len(binary):
+        raise BadRequest(
+            f"the binary section has {len(binary)} bytes but the inputs declare {offset} (binary_data_size)"
+        )
+    outputs = _requested_outputs(model, document.get("outputs"), binary_default)
+    return InferenceCall(request_id, feeds, outputs, [output.name for output in outputs])
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"{where}: 'parameters' must be an object")
+    return parameters
+
+
+def _validate_shape(binding: InputBinding, shape: Any) -> tuple[tuple[int, ...], int]:
+    name = binding.name
+    if not isinstance(shape, list):
+        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(shape) != len(binding.shape):
+        raise BadRequest(
+            f"input {name!r}: expected rank {len(binding.shape)} shape {list(binding.shape)}, got {shape}"
+        )
+    count = 1
+    for dim, expected in zip(shape, binding.shape, strict=True):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 or dim > MAX_DIMENSION:
+            raise BadRequest(f"input {name!r}: invalid dimension {dim!r} in shape {shape}")
+        if expected >= 0 and dim != expected:
+            raise BadRequest(f"input {name!r}: shape {shape} does not fit the model's {list(binding.shape)}")
+        count *= dim
+    if count > MAX_ELEMENTS:
+        raise BadRequest(f"input {name!r}: shape {shape} has too many elements")
+    return tuple(shape), count
+
+
+def _decode_json(binding: InputBinding, data: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
+    name = binding.name
+    if binding.datatype == BYTES:
+        return _decode_json_strings(name, data, shape, count)
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as error:
+        raise BadRequest(f"input {name!r}: 'data' is not a regular array: {error}") from None
+    if array.size != count:
+        raise BadRequest(f"input {name!r}: shape {list(shape)} needs {count} elements, data has {array.size}")
+    target = binding.dtype
+    if count and array.dtype.kind not in _ACCEPTED_JSON_KINDS[target.kind]:
+        raise BadRequest(f"input {name!r}: data of kind {array.dtype} cannot be {binding.datatype}")
+    if target.kind in "iu" and count and array.dtype != target:
+        limits = _INT_LIMITS[target.str]
+        if array.min() < limits.min or array.max() > limits.max:
+            raise BadRequest(f"input {name!r}: values out of range for {binding.datatype}")
+    return array.astype(target, copy=False).reshape(shape)
+
+
+def _decode_json_strings(name: str, data: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise BadRequest(f"input {name!r}: shape {list(shape)} needs {count} elements, data has {len(flat)}")
+    if not all(isinstance(item, str) for item in flat):
+        raise BadRequest(f"input {name!r}: BYTES data must be strings")
+    array = np.empty(count, dtype=object)
+    array[:] = flat
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _decode_binary(
+    binding: InputBinding, chunk: memoryview, shape: tuple[int, ...], count: int
+) -> np.ndarray:
+    if binding.datatype == BYTES:
+        return _decode_binary_strings(binding.name, chunk, shape, count)
+    expected = count * binding.itemsize
+    if len(chunk) != expected:
+        raise BadRequest(
+            f"input {binding.name!r}: shape {list(shape)} of {binding.datatype} needs {expected} bytes, "
+            f"binary_data_size is {len(chunk)}"
+        )
+    return np.frombuffer(chunk, dtype=binding.dtype, count=count).reshape(shape)
+
+
+def _decode_binary_strings(name: str, chunk: memoryview, shape: tuple[int, ...], count: int) -> np.ndarray:
+    items: list[str] = []
+    position = 0
+    raw = chunk.tobytes()
+    while position < len(raw):
+        if position + 4 > len(raw):
+            raise BadRequest(f"input {name!r}: truncated BYTES element length")
+        (length,) = _LENGTH_PREFIX.unpack_from(raw, position)
+        position += 4
+        if position + length > len(raw):
+            raise BadRequest(f"input {name!r}: BYTES element runs past binary_data_size")
+        try:
+            items.append(raw[position : position + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest(f"input {name!r}: BYTES element is not valid UTF-8") from None
+        position += length
+    if len(items) != count:
+        raise BadRequest(f"input {name!r}: shape {list(shape)} needs {count} elements, data has {len(items)}")
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def _requested_outputs(model: LoadedModel, requested: Any, binary_default: bool) -> list[RequestedOutput]:
+    if requested is None:
+        return [RequestedOutput(name, binary_default, 0) for name in model.all_output_names]
+    if not isinstance(requested, list) or not requested:
+        raise BadRequest("'outputs' must be a non-empty list of {\"name\": ...} objects")
+    outputs: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for item in requested:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or name not in model.output_datatypes:
+            raise BadRequest(f"unknown output {name!r}; {model.name} produces {model.all_output_names}")
+        if name in seen:
+            raise BadRequest(f"output {name!r} is requested more than once")
+        seen.add(name)
+        parameters = _parameters(item, f"output {name!r}")
+        binary = parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise BadRequest(f"output {name!r}: binary_data must be true or false")
+        classification = parameters.get("classification", 0)
+        if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
+            raise BadRequest(f"output {name!r}: classification must be a positive integer")
+        if classification and model.output_datatypes[name] == BYTES:
+            raise BadRequest(f"output {name!r}: classification needs a numeric output")
+        outputs.append(RequestedOutput(name, binary, classification))
+    return outputs
+
+
+def classify(array: np.ndarray, top_k: int, labels: tuple[str, ...] | None) -> np.ndarray:
+    """Triton's classification extension: the top-k of the last axis as "score:index[:label]" strings."""
+    if array.ndim == 0:
+        raise BadRequest("classification needs an output with at least one dimension")
+    scores = array.reshape(-1, array.shape[-1])
+    k = min(top_k, scores.shape[-1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows = []
+    for row_scores, row_top in zip(scores, top, strict=True):
+        for index in row_top:
+            label = f":{labels[index]}" if labels is not None and index < len(labels) else ""
+            rows.append(f"{float(row_scores[index]):g}:{int(index)}{label}")
+    result = np.empty(len(rows), dtype=object)
+    result[:] = rows
+    return result.reshape((*array.shape[:-1], k))
+
+
+def _strings(array: np.ndarray) -> list[str]:
+    return [
+        item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.ravel()
+    ]
+
+
+def _string_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.ravel():
+        encoded = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(_LENGTH_PREFIX.pack(len(encoded)))
+        parts.append(encoded)
+    return b"".join(parts)
+
+
+def encode_infer_response(
+    model: LoadedModel, call: InferenceCall, results: list[np.ndarray]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes | memoryview] = []
+    for output, array in zip(call.outputs, results, strict=True):
+        datatype = model.output_datatypes[output.name]
+        if output.classification:
+            array = classify(array, output.classification, model.manifest.labels)
+            datatype = BYTES
+        entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": array.shape}
+        if output.binary:
+            if datatype == BYTES:
+                raw: bytes | memoryview = _string_bytes(array)
+            else:
+                raw = np.ascontiguousarray(array).data.cast("B")
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif datatype == BYTES:
+            entry["data"] = _strings(array)
+        else:
+            entry["data"] = np.ascontiguousarray(array).ravel()
+        entries.append(entry)
+    document: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version_text,
+        "outputs": entries,
+    }
+    if call.request_id is not None:
+        document["id"] = call.request_id
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)

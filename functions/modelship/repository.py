@@ -1,0 +1,235 @@
+"""The versioned model store: push, list, and fetching artifacts verified against their manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from modelship.blobs import BlobNotFound, BlobStore, BlobTooLarge, open_blob_store
+from modelship.errors import Conflict, IntegrityError, InvalidModel, ModelUnavailable, NotFound
+from modelship.manifest import MAX_MANIFEST_BYTES, Manifest
+from modelship.names import MAX_VERSION, MODEL_NAME_PATTERN, validate_model_name
+
+logger = logging.getLogger(__name__)
+
+MODELS_PREFIX: Final = "models"
+MODEL_FILE: Final = "model.onnx"
+MANIFEST_FILE: Final = "manifest.json"
+DEFAULT_MAX_MODEL_BYTES: Final = 512 * 1024 * 1024
+
+
+def model_key(name: str, version: int) -> str:
+    return f"{MODELS_PREFIX}/{name}/{version}/{MODEL_FILE}"
+
+
+def manifest_key(name: str, version: int) -> str:
+    return f"{MODELS_PREFIX}/{name}/{version}/{MANIFEST_FILE}"
+
+
+def _version_from_segment(segment: str) -> int | None:
+    if segment.isascii() and segment.isdigit() and not segment.startswith("0") and len(segment) <= 10:
+        version = int(segment)
+        return version if version <= MAX_VERSION else None
+    return None
+
+
+class ModelRepository:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        cache_dir: Path | None = None,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    ) -> None:
+        self.blobs = blobs
+        # A local store is its own cache; a remote one is cached by sha256 so a re-push of identical
+        # bytes under a new version costs no download.
+        self.cache_dir = cache_dir
+        self.max_model_bytes = max_model_bytes
+
+    @classmethod
+    def open(
+        cls, uri: str, cache_dir: Path | None = None, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    ) -> ModelRepository:
+        blobs = open_blob_store(uri)
+        remote = not uri.startswith("file://") and "://" in uri
+        return cls(blobs, cache_dir if remote else None, max_model_bytes)
+
+    @property
+    def uri(self) -> str:
+        return self.blobs.uri
+
+    def list_models(self) -> dict[str, list[int]]:
+        """Every model with the versions that have a manifest, i.e. that are complete."""
+        found: dict[str, list[int]] = {}
+        for key in self.blobs.list_keys(f"{MODELS_PREFIX}/"):
+            parts = key.split("/")
+            if len(parts) != 4 or parts[3] != MANIFEST_FILE:
+                continue
+            version = _version_from_segment(parts[2])
+            name = parts[1]
+            if version is not None and MODEL_NAME_PATTERN.fullmatch(name) and ".." not in name:
+                found.setdefault(name, []).append(version)
+        return {name: sorted(versions) for name, versions in sorted(found.items())}
+
+    def versions(self, name: str) -> list[int]:
+        validate_model_name(name)
+        versions = []
+        for key in self.blobs.list_keys(f"{MODELS_PREFIX}/{name}/"):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[1] == name and parts[3] == MANIFEST_FILE:
+                version = _version_from_segment(parts[2])
+                if version is not None:
+                    versions.append(version)
+        return sorted(versions)
+
+    def latest_version(self, name: str) -> int:
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"model {name!r} is not in the store")
+        return versions[-1]
+
+    def read_manifest(self, name: str, version: int) -> Manifest:
+        validate_model_name(name)
+        try:
+            raw = self.blobs.read(manifest_key(name, version), MAX_MANIFEST_BYTES)
+        except BlobNotFound:
+            raise NotFound(f"model {name!r} version {version} is not in the store") from None
+        except BlobTooLarge:
+            raise ModelUnavailable(f"manifest of {name} version {version} is too large") from None
+        return Manifest.loads(raw, expected_name=name, expected_version=version)
+
+    def fetch_verified(self, manifest: Manifest) -> bytes:
+        """The model's bytes, only if their size and sha256 match the manifest. Fails closed."""
+        where = f"{manifest.name} version {manifest.version}"
+        if manifest.size > self.max_model_bytes:
+            raise ModelUnavailable(
+                f"{where} is {manifest.size} bytes, over the {self.max_model_bytes}-byte model size limit"
+            )
+        cached = self._read_cache(manifest)
+        if cached is not None:
+            return cached
+        try:
+            data = self.blobs.read(model_key(manifest.name, manifest.version), manifest.size)
+        except BlobNotFound:
+            raise ModelUnavailable(f"{where}: the model file is missing from the store") from None
+        except BlobTooLarge:
+            raise IntegrityError(
+                f"{where}: the model file is larger than the {manifest.size} bytes its manifest records; "
+                "refusing it"
+            ) from None
+        verify_bytes(data, manifest)
+        self._write_cache(manifest, data)
+        return data
+
+    def _cache_path(self, manifest: Manifest) -> Path | None:
+        return self.cache_dir / f"{manifest.sha256}.onnx" if self.cache_dir is not None else None
+
+    def _read_cache(self, manifest: Manifest) -> bytes | None:
+        path = self._cache_path(manifest)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            verify_bytes(data, manifest)
+        except IntegrityError:
+            logger.warning("discarding corrupted cache entry %s", path)
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def _write_cache(self, manifest: Manifest, data: bytes) -> None:
+        path = self._cache_path(manifest)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+            Path(temporary).replace(path)
+        except OSError as error:
+            # The cache is an optimisation; a full /tmp must not fail the request.
+            logger.warning("cannot cache %s: %s", path, error)
+
+    def push(
+        self,
+        model_path: Path,
+        name: str,
+        version: int | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> Manifest:
+        """Validate with onnxruntime, then write the model and, last, the manifest that makes it visible."""
+        validate_model_name(name)
+        if version is not None and not 1 <= version <= MAX_VERSION:
+            raise InvalidModel(f"version must be a positive integer, got {version}")
+        size = model_path.stat().st_size
+        if size > self.max_model_bytes:
+            raise InvalidModel(f"{model_path} is {size} bytes, over the {self.max_model_bytes}-byte limit")
+        data = model_path.read_bytes()
+        manifest = describe_model(data, name, version or 1, labels)
+        if version is None:
+            existing = self.versions(name)
+            manifest = _with_version(manifest, existing[-1] + 1 if existing else 1)
+        elif version in self.versions(name):
+            raise Conflict(f"{name} version {version} already exists in {self.uri}; versions are immutable")
+        self.blobs.write(model_key(name, manifest.version), data)
+        self.blobs.write(manifest_key(name, manifest.version), manifest.dumps(), exclusive=True)
+        return manifest
+
+
+def verify_bytes(data: bytes, manifest: Manifest) -> None:
+    where = f"{manifest.name} version {manifest.version}"
+    if len(data) != manifest.size:
+        raise IntegrityError(
+            f"{where}: the model file is {len(data)} bytes but its manifest records {manifest.size} "
+            "(truncated or replaced); refusing to load it"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sha256:
+        raise IntegrityError(
+            f"{where}: sha256 {digest} does not match the manifest's {manifest.sha256}; refusing to load it"
+        )
+
+
+def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] | None) -> Manifest:
+    """Load the model with onnxruntime to prove it is servable, and read what the manifest records."""
+    from modelship.sessions import create_session, first_line
+    from modelship.signature import read_opset, tensor_specs
+
+    try:
+        session = create_session(data, threads=1)
+    except Exception as error:
+        raise InvalidModel(f"onnxruntime cannot load the model: {first_line(error)}") from None
+    meta = session.get_modelmeta()
+    producer = {"name": meta.producer_name, "version": (meta.version and str(meta.version)) or ""}
+    try:
+        opset = read_opset(data)
+    except Exception:
+        opset = {}
+    return Manifest(
+        name=name,
+        version=version,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        inputs=tensor_specs(session.get_inputs()),
+        outputs=tensor_specs(session.get_outputs()),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        labels=tuple(labels) if labels is not None else None,
+        producer=producer,
+        opset=opset,
+    )
+
+
+def _with_version(manifest: Manifest, version: int) -> Manifest:
+    from dataclasses import replace
+
+    return replace(manifest, version=version)

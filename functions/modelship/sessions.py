@@ -1,0 +1,178 @@
+"""onnxruntime sessions: creation, the per-model tables the hot path needs, and an LRU with a budget."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from modelship.cpu import intra_op_threads, is_cpu_constrained
+from modelship.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
+from modelship.errors import ModelUnavailable
+from modelship.manifest import Manifest, TensorSpec
+from modelship.signature import tensor_specs
+
+logger = logging.getLogger(__name__)
+
+# Graph, arena and kernels cost more than the file; twice its size is a conservative estimate.
+MEMORY_FACTOR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class InputBinding:
+    """Everything request validation needs about one input, computed once at load."""
+
+    name: str
+    datatype: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    itemsize: int
+
+
+def create_session(model_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads if threads is not None else intra_op_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if is_cpu_constrained():
+        # Spinning workers burn the quota that the next request needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class LoadedModel:
+    """A verified, warmed-up session and the tables that keep per-request work to dictionary lookups."""
+
+    __slots__ = (
+        "all_output_names",
+        "inputs",
+        "load_seconds",
+        "manifest",
+        "memory_estimate",
+        "name",
+        "output_datatypes",
+        "required_inputs",
+        "session",
+        "version",
+        "version_text",
+    )
+
+    def __init__(self, manifest: Manifest, session: ort.InferenceSession, load_seconds: float) -> None:
+        self.manifest = manifest
+        self.name = manifest.name
+        self.version = manifest.version
+        self.version_text = str(manifest.version)
+        self.session = session
+        self.load_seconds = load_seconds
+        self.memory_estimate = manifest.size * MEMORY_FACTOR
+        self.inputs = {
+            spec.name: InputBinding(
+                name=spec.name,
+                datatype=spec.datatype,
+                dtype=NUMPY_DTYPE_BY_DATATYPE[spec.datatype],
+                shape=spec.shape,
+                itemsize=NUMPY_DTYPE_BY_DATATYPE[spec.datatype].itemsize,
+            )
+            for spec in manifest.inputs
+        }
+        self.required_inputs = frozenset(self.inputs)
+        self.output_datatypes = {spec.name: spec.datatype for spec in manifest.outputs}
+        self.all_output_names = [spec.name for spec in manifest.outputs]
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results: list[np.ndarray] = self.session.run(output_names, feeds)
+        return results
+
+
+def _signature_matches(declared: tuple[TensorSpec, ...], actual: tuple[TensorSpec, ...]) -> bool:
+    return declared == actual
+
+
+def load_model(manifest: Manifest, verified_bytes: bytes, threads: int | None = None) -> LoadedModel:
+    """Create a session from bytes whose sha256 has already been checked, and warm it up."""
+    started = time.perf_counter()
+    try:
+        session = create_session(verified_bytes, threads)
+    except Exception as error:  # onnxruntime raises several unrelated exception types
+        raise ModelUnavailable(
+            f"{manifest.name} version {manifest.version} cannot be loaded by onnxruntime: {first_line(error)}"
+        ) from None
+    actual_inputs = tensor_specs(session.get_inputs())
+    actual_outputs = tensor_specs(session.get_outputs())
+    if not (
+        _signature_matches(manifest.inputs, actual_inputs)
+        and _signature_matches(manifest.outputs, actual_outputs)
+    ):
+        raise ModelUnavailable(
+            f"{manifest.name} version {manifest.version}: the graph's signature differs from its manifest"
+        )
+    model = LoadedModel(manifest, session, 0.0)
+    warm_up(model)
+    model.load_seconds = time.perf_counter() - started
+    return model
+
+
+def warm_up(model: LoadedModel) -> None:
+    """One run at load so the first request does not pay for lazy kernel and arena setup."""
+    feeds: dict[str, np.ndarray] = {}
+    for binding in model.inputs.values():
+        shape = tuple(1 if dim < 0 else dim for dim in binding.shape)
+        if binding.datatype == BYTES:
+            feeds[binding.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[binding.name] = np.zeros(shape, dtype=binding.dtype)
+    try:
+        model.run(model.all_output_names, feeds)
+    except Exception as error:  # a model may legitimately reject all-zero input
+        logger.warning("warm-up of %s v%s skipped: %s", model.name, model.version, first_line(error))
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:500] if text else type(error).__name__
+
+
+class SessionCache:
+    """Least-recently-used loaded models within a memory budget. The newest entry is never evicted."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: int) -> LoadedModel | None:
+        key = (name, version)
+        model = self._models.get(key)
+        if model is not None:
+            with self._lock:
+                if key in self._models:
+                    self._models.move_to_end(key)
+        return model
+
+    def put(self, model: LoadedModel) -> list[LoadedModel]:
+        """Insert and return the models evicted to stay within budget."""
+        evicted: list[LoadedModel] = []
+        with self._lock:
+            self._models[(model.name, model.version)] = model
+            self._models.move_to_end((model.name, model.version))
+            while len(self._models) > 1 and self.used_bytes() > self.budget_bytes:
+                _, oldest = self._models.popitem(last=False)
+                evicted.append(oldest)
+        for old in evicted:
+            logger.info("evicted %s v%s to stay within the session memory budget", old.name, old.version)
+        return evicted
+
+    def used_bytes(self) -> int:
+        return sum(model.memory_estimate for model in self._models.values())
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._models.values())
