@@ -6,10 +6,12 @@ preloads ``MODELSHIP_PRELOAD`` once per execution environment (and before a Snap
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from modelship.apigw import handle_event
@@ -18,8 +20,20 @@ from modelship.service import InferenceService
 from modelship.sessions import LoadedModel
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
+# The core logs through the standard "modelship" loggers; give them Powertools' JSON format, so their
+# lines carry the request's correlation id too.
+copy_config_to_registered_loggers(source_logger=logger, include={"modelship"})
+
+
+def _tracing_enabled() -> bool:
+    # Tracer() imports the X-Ray SDK and opens its UDP emitter even when disabled, which costs cold
+    # start; build it only where it will trace (mirrors Powertools' own rule).
+    disabled = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() in ("1", "true", "yes", "on")
+    return bool(os.environ.get("LAMBDA_TASK_ROOT")) and not disabled and not os.environ.get("AWS_SAM_LOCAL")
+
+
+tracer = Tracer() if _tracing_enabled() else None
 
 
 class PowertoolsObserver:
@@ -41,8 +55,7 @@ def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle_event(service, event)
 
 
-# A disabled Tracer still costs microseconds per call on the warm path; wrap only when tracing is on.
-if not tracer.disabled:
+if tracer is not None:
     _handle = tracer.capture_lambda_handler(capture_response=False)(_handle)
 
 handler = logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)(_handle)

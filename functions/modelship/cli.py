@@ -108,6 +108,7 @@ def command_serve(args: argparse.Namespace) -> int:
 
     from modelship.httpserver import LocalServer, serve_forever
 
+    _configure_access_log()
     if app.service.preload_errors:
         for model, error in app.service.preload_errors.items():
             print(f"warning: could not preload {model}: {error}", file=sys.stderr)
@@ -123,6 +124,18 @@ def command_serve(args: argparse.Namespace) -> int:
     )
     serve_forever(server)
     return 0
+
+
+def _configure_access_log() -> None:
+    # Powertools owns the "modelship" logger tree (JSON for CloudWatch); the local access log reads
+    # better as one plain line per request.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    access = logging.getLogger("modelship.http")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def command_infer(args: argparse.Namespace) -> int:

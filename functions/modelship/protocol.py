@@ -175,12 +175,23 @@ def _decode_json(binding: InputBinding, data: Any, shape: tuple[int, ...], count
         raise BadRequest(f"input {name!r}: shape {list(shape)} needs {count} elements, data has {array.size}")
     target = binding.dtype
     if count and array.dtype.kind not in _ACCEPTED_JSON_KINDS[target.kind]:
+        if target.kind == "u" and array.dtype.kind in "fO":
+            # Integers beyond int64 make numpy infer float or object; only UINT64 can hold them.
+            return _exact_unsigned(binding, data, shape)
         raise BadRequest(f"input {name!r}: data of kind {array.dtype} cannot be {binding.datatype}")
-    if target.kind in "iu" and count and array.dtype != target:
-        limits = _INT_LIMITS[target.str]
-        if array.min() < limits.min or array.max() > limits.max:
+    if binding.int_limits is not None and count and array.dtype != target:
+        low, high = binding.int_limits
+        if array.min() < low or array.max() > high:
             raise BadRequest(f"input {name!r}: values out of range for {binding.datatype}")
     return array.astype(target, copy=False).reshape(shape)
+
+
+def _exact_unsigned(binding: InputBinding, data: Any, shape: tuple[int, ...]) -> np.ndarray:
+    flat = _flatten(data)
+    high = binding.int_limits[1] if binding.int_limits is not None else 0
+    if not all(type(item) is int and 0 <= item <= high for item in flat):
+        raise BadRequest(f"input {binding.name!r}: values must be integers in range for {binding.datatype}")
+    return np.array(flat, dtype=binding.dtype).reshape(shape)
 
 
 def _decode_json_strings(name: str, data: Any, shape: tuple[int, ...], count: int) -> np.ndarray:

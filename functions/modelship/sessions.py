@@ -33,6 +33,8 @@ class InputBinding:
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     itemsize: int
+    # (min, max) for integer datatypes: JSON values are range-checked before the cast.
+    int_limits: tuple[int, int] | None
 
 
 def create_session(model_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
@@ -80,6 +82,7 @@ class LoadedModel:
                 dtype=NUMPY_DTYPE_BY_DATATYPE[spec.datatype],
                 shape=spec.shape,
                 itemsize=NUMPY_DTYPE_BY_DATATYPE[spec.datatype].itemsize,
+                int_limits=_int_limits(NUMPY_DTYPE_BY_DATATYPE[spec.datatype]),
             )
             for spec in manifest.inputs
         }
@@ -90,6 +93,13 @@ class LoadedModel:
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         results: list[np.ndarray] = self.session.run(output_names, feeds)
         return results
+
+
+def _int_limits(dtype: np.dtype[Any]) -> tuple[int, int] | None:
+    if dtype.kind not in "iu":
+        return None
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
 
 
 def _signature_matches(declared: tuple[TensorSpec, ...], actual: tuple[TensorSpec, ...]) -> bool:

@@ -1,0 +1,182 @@
+"""Bad requests a serving endpoint must answer with a clear 4xx/503 JSON error, and survive.
+
+Drawn from Triton's and KServe's own test suites (see shared notes). Shared by the unit tests (core
+and API Gateway events) and the functional tests (a real HTTP server).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BadRequestCase:
+    id: str
+    path: str
+    body: bytes = b""
+    status: int = 400
+    method: str = "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+    # A fragment the error message must contain, so the error is the right one, not any 4xx.
+    message: str = ""
+
+
+def _iris(inputs: list[dict[str, object]], **extra: object) -> bytes:
+    return orjson.dumps({"inputs": inputs, **extra})
+
+
+GOOD_INPUT = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+IRIS = "/v2/models/iris/infer"
+
+BAD_REQUESTS = [
+    BadRequestCase("not-json", IRIS, b"{this is not json", message="not valid JSON"),
+    BadRequestCase("json-nested-deep", IRIS, b"[" * 5000 + b"]" * 5000, message="not valid JSON"),
+    BadRequestCase("json-array-body", IRIS, b"[1, 2, 3]", message="JSON object"),
+    BadRequestCase("missing-inputs", IRIS, b"{}", message="'inputs'"),
+    BadRequestCase("empty-inputs", IRIS, _iris([]), message="'inputs'"),
+    BadRequestCase(
+        "missing-required-input",
+        "/v2/models/add_sub/infer",
+        orjson.dumps({"inputs": [{"name": "a", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+        message="missing required",
+    ),
+    BadRequestCase(
+        "input-without-data",
+        IRIS,
+        _iris([{"name": "input", "shape": [1, 4], "datatype": "FP32"}]),
+        message="no 'data'",
+    ),
+    BadRequestCase("unknown-input", IRIS, _iris([{**GOOD_INPUT, "name": "pixels"}]), message="unknown input"),
+    BadRequestCase("duplicate-input", IRIS, _iris([GOOD_INPUT, GOOD_INPUT]), message="more than once"),
+    BadRequestCase(
+        "duplicate-output",
+        IRIS,
+        _iris([GOOD_INPUT], outputs=[{"name": "label"}, {"name": "label"}]),
+        message="more than once",
+    ),
+    BadRequestCase(
+        "unknown-output", IRIS, _iris([GOOD_INPUT], outputs=[{"name": "logits"}]), message="unknown output"
+    ),
+    BadRequestCase("wrong-datatype", IRIS, _iris([{**GOOD_INPUT, "datatype": "FP64"}]), message="datatype"),
+    BadRequestCase(
+        "unknown-datatype", IRIS, _iris([{**GOOD_INPUT, "datatype": "FLOAT128"}]), message="datatype"
+    ),
+    BadRequestCase("shape-count-mismatch", IRIS, _iris([{**GOOD_INPUT, "shape": [2, 4]}]), message="needs 8"),
+    BadRequestCase("wrong-rank", IRIS, _iris([{**GOOD_INPUT, "shape": [4]}]), message="rank"),
+    BadRequestCase("fixed-dimension-mismatch", IRIS, _iris([{**GOOD_INPUT, "shape": [2, 2]}]), message="fit"),
+    BadRequestCase(
+        "negative-dimension", IRIS, _iris([{**GOOD_INPUT, "shape": [-1, 4]}]), message="invalid dimension"
+    ),
+    BadRequestCase(
+        "overflowing-dimension",
+        IRIS,
+        _iris([{**GOOD_INPUT, "shape": [2**62, 4]}]),
+        message="invalid dimension",
+    ),
+    BadRequestCase(
+        "strings-for-numbers",
+        IRIS,
+        _iris([{**GOOD_INPUT, "data": ["5.1", "3.5", "1.4", "0.2"]}]),
+        message="cannot be FP32",
+    ),
+    BadRequestCase(
+        "ragged-data",
+        IRIS,
+        _iris([{**GOOD_INPUT, "shape": [2, 4], "data": [[1, 2, 3, 4], [1, 2]]}]),
+        message="regular array",
+    ),
+    BadRequestCase(
+        "integer-out-of-range",
+        "/v2/models/identity_int8/infer",
+        orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT8", "data": [1, 2, 300]}]}),
+        message="out of range",
+    ),
+    BadRequestCase(
+        "body-over-size-cap",
+        IRIS,
+        b" " * (MAX_REQUEST_BYTES + 1),
+        status=413,
+        message="limit",
+    ),
+    BadRequestCase(
+        "unknown-model",
+        "/v2/models/nosuchmodel/infer",
+        _iris([GOOD_INPUT]),
+        status=404,
+        message="not in the store",
+    ),
+    BadRequestCase("unknown-version", "/v2/models/iris/versions/99/infer", _iris([GOOD_INPUT]), status=404),
+    BadRequestCase(
+        "model-name-dotdot", "/v2/models/../infer", _iris([GOOD_INPUT]), message="invalid model name"
+    ),
+    BadRequestCase(
+        "model-name-blank", "/v2/models/   /infer", _iris([GOOD_INPUT]), message="invalid model name"
+    ),
+    BadRequestCase("model-name-slash", "/v2/models/a/b/infer", _iris([GOOD_INPUT]), status=404),
+    BadRequestCase(
+        "version-not-a-number",
+        "/v2/models/iris/versions/latest/infer",
+        _iris([GOOD_INPUT]),
+        message="invalid model version",
+    ),
+    BadRequestCase(
+        "bad-header-length",
+        IRIS,
+        _iris([GOOD_INPUT]),
+        headers={"Inference-Header-Content-Length": "abc"},
+        message="Inference-Header-Content-Length",
+    ),
+    BadRequestCase(
+        "header-length-past-body",
+        IRIS,
+        _iris([GOOD_INPUT]),
+        headers={"Inference-Header-Content-Length": "999999"},
+        message="Inference-Header-Content-Length",
+    ),
+    BadRequestCase(
+        "binary-size-mismatch",
+        IRIS,
+        _iris(
+            [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 12}}]
+        )
+        + b"\0" * 12,
+        headers={
+            "Inference-Header-Content-Length": str(
+                len(
+                    _iris(
+                        [
+                            {
+                                "name": "input",
+                                "shape": [1, 4],
+                                "datatype": "FP32",
+                                "parameters": {"binary_data_size": 12},
+                            }
+                        ]
+                    )
+                )
+            )
+        },
+        message="needs 16 bytes",
+    ),
+    BadRequestCase(
+        "binary-size-without-header",
+        IRIS,
+        _iris(
+            [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]
+        ),
+        message="no Inference-Header-Content-Length",
+    ),
+    BadRequestCase("unknown-route", "/v2/nothing/here", method="GET", status=404, message="no route"),
+    BadRequestCase(
+        "outside-v2", "/v1/models/iris:predict", _iris([GOOD_INPUT]), status=404, message="no route"
+    ),
+    BadRequestCase("wrong-method-infer", IRIS, method="GET", status=405, message="use POST"),
+    BadRequestCase("wrong-method-health", "/v2/health/live", method="DELETE", status=405, message="use GET"),
+    BadRequestCase(
+        "model-not-loadable", "/v2/models/broken/infer", _iris([GOOD_INPUT]), status=503, message="sha256"
+    ),
+]

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+from modelship.default_model import build_iris_model
+from modelship.service import InferenceService
+
+from tests.support.models import SAMPLE_BY_DATATYPE, add_sub_model
+from tests.support.oip import binary_request, json_request, read_response
+
+DATATYPES = sorted(SAMPLE_BY_DATATYPE)
+
+
+def infer(service: InferenceService, model: str, body: bytes, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    response = service.handle("POST", f"/v2/models/{model}/infer", headers or {}, body)
+    assert response.status == 200, response.body
+    return response, *read_response(response.body, response.header_length)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_every_datatype_round_trips_in_json(service: InferenceService, datatype: str) -> None:
+    sample = SAMPLE_BY_DATATYPE[datatype]
+    _, document, outputs = infer(
+        service, f"identity_{datatype.lower()}", json_request({"x": (sample, datatype)})
+    )
+    assert document["outputs"][0]["datatype"] == datatype
+    assert document["outputs"][0]["shape"] == [2, 3]
+    np.testing.assert_array_equal(outputs["y"], sample)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_every_datatype_round_trips_in_binary(service: InferenceService, datatype: str) -> None:
+    sample = SAMPLE_BY_DATATYPE[datatype]
+    body, headers = binary_request({"x": (sample, datatype)}, parameters={"binary_data_output": True})
+    response, document, outputs = infer(service, f"identity_{datatype.lower()}", body, headers)
+    assert response.is_binary
+    assert response.headers()["Content-Type"] == "application/octet-stream"
+    assert "data" not in document["outputs"][0]
+    np.testing.assert_array_equal(outputs["y"], sample)
+
+
+def test_binary_input_json_output(service: InferenceService) -> None:
+    sample = SAMPLE_BY_DATATYPE["FP32"]
+    body, headers = binary_request({"x": (sample, "FP32")})
+    response, document, _outputs = infer(service, "identity_fp32", body, headers)
+    assert not response.is_binary
+    np.testing.assert_array_equal(np.array(document["outputs"][0]["data"], np.float32), sample.ravel())
+
+
+def test_matches_onnxruntime_exactly(service: InferenceService) -> None:
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((5, 4)).astype(np.float32)
+    b = rng.standard_normal((5, 4)).astype(np.float32)
+    expected = ort.InferenceSession(add_sub_model()).run(["sum", "diff"], {"a": a, "b": b})
+    for body, headers in (
+        (json_request({"a": (a, "FP32"), "b": (b, "FP32")}), {}),
+        binary_request({"a": (a, "FP32"), "b": (b, "FP32")}, parameters={"binary_data_output": True}),
+    ):
+        _, _, outputs = infer(service, "add_sub", body, headers)
+        np.testing.assert_array_equal(outputs["sum"], expected[0])
+        np.testing.assert_array_equal(outputs["diff"], expected[1])
+
+
+def test_output_subset_order_and_mixed_modes(service: InferenceService) -> None:
+    a = np.ones((1, 4), np.float32)
+    body, headers = binary_request(
+        {"a": (a, "FP32"), "b": (a * 2, "FP32")},
+        outputs=[{"name": "diff", "parameters": {"binary_data": True}}, {"name": "sum"}],
+    )
+    _response, document, outputs = infer(service, "add_sub", body, headers)
+    assert [output["name"] for output in document["outputs"]] == ["diff", "sum"]
+    assert document["outputs"][1]["data"] == [3.0] * 4
+    assert "binary_data_size" in document["outputs"][0]["parameters"]
+    np.testing.assert_array_equal(outputs["diff"], -a)
+
+
+def test_id_is_echoed_and_version_reported(service: InferenceService) -> None:
+    body = json_request({"x": (SAMPLE_BY_DATATYPE["INT32"], "INT32")}, id="req-42")
+    _, document, _ = infer(service, "identity_int32", body)
+    assert document["id"] == "req-42"
+    assert document["model_name"] == "identity_int32"
+    assert document["model_version"] == "1"
+
+
+def test_classification_extension_uses_labels(service: InferenceService) -> None:
+    samples = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
+    body = json_request(
+        {"input": (samples, "FP32")},
+        outputs=[{"name": "probabilities", "parameters": {"classification": 2}}, {"name": "label"}],
+    )
+    _, document, outputs = infer(service, "iris", body)
+    assert document["outputs"][0]["datatype"] == "BYTES"
+    assert document["outputs"][0]["shape"] == [2, 2]
+    top = outputs["probabilities"][:, 0]
+    assert top[0].endswith(":0:setosa") and top[1].endswith(":2:virginica")
+    assert float(top[0].split(":")[0]) > 0.9
+    assert outputs["label"].tolist() == [0, 2]
+
+
+def test_iris_model_predicts_held_in_examples() -> None:
+    data, labels, accuracy = build_iris_model()
+    assert labels == ["setosa", "versicolor", "virginica"]
+    assert accuracy >= 0.95
+    session = ort.InferenceSession(data)
+    probabilities, label = session.run(None, {"input": np.array([[5.9, 3.0, 4.2, 1.5]], np.float32)})
+    assert label.tolist() == [1]
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_json_numbers_are_accepted_for_float_inputs(service: InferenceService) -> None:
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]})
+    _, _, outputs = infer(service, "identity_fp64", body)
+    assert outputs["y"].tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_nested_json_data_is_accepted(service: InferenceService) -> None:
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT16", "data": [[1, 2, 3], [4, 5, 6]]}]}
+    )
+    _, _, outputs = infer(service, "identity_int16", body)
+    assert outputs["y"].tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_zero_batch(service: InferenceService) -> None:
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]})
+    _, document, _ = infer(service, "identity_fp32", body)
+    assert document["outputs"][0]["shape"] == [0, 3]
