@@ -139,7 +139,7 @@ def _configure_access_log() -> None:
 
 
 def command_infer(args: argparse.Namespace) -> int:
-    from modelship.client import InferenceClient, parse_input_value
+    from modelship.client import InferenceClient, format_response, parse_input_value
 
     client = InferenceClient(args.url, sigv4=args.sigv4, timeout=args.timeout)
     metadata = client.metadata(args.model, args.model_version)
@@ -162,7 +162,7 @@ def command_infer(args: argparse.Namespace) -> int:
         binary=args.binary,
         outputs=args.output or None,
     )
-    _print_json(response)
+    sys.stdout.write(format_response(response))
     return 0
 
 
@@ -263,9 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.run(args)
         return result
-    except (ModelshipError, ClientError) as error:
-        print(f"error: {getattr(error, 'message', error)}", file=sys.stderr)
-        return 2 if isinstance(error, ModelshipError) and error.status < 500 else 1
+    except ModelshipError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2 if error.status < 500 else 1
+    except ClientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -128,11 +128,27 @@ def decode_response(body: bytes, header_length: str | None) -> dict[str, Any]:
         if output["datatype"] == BYTES:
             output["data"] = _parse_strings(raw)
         else:
-            output["data"] = np.frombuffer(raw, dtype=NUMPY_DTYPE_BY_DATATYPE[output["datatype"]]).tolist()
+            output["data"] = np.frombuffer(raw, dtype=NUMPY_DTYPE_BY_DATATYPE[output["datatype"]])
         output["parameters"].pop("binary_data_size")
         if not output["parameters"]:
             del output["parameters"]
     return document
+
+
+def format_response(document: dict[str, Any]) -> str:
+    """Indented JSON with each output on one line, so tensors stay readable in a terminal."""
+    options = orjson.OPT_SERIALIZE_NUMPY
+    lines = ["{"]
+    for key, value in document.items():
+        if key != "outputs":
+            lines.append(f"  {orjson.dumps(key).decode()}: {orjson.dumps(value, option=options).decode()},")
+    outputs = [orjson.dumps(output, option=options).decode() for output in document.get("outputs", [])]
+    lines.append('  "outputs": [')
+    lines.extend(
+        f"    {output}{',' if index < len(outputs) - 1 else ''}" for index, output in enumerate(outputs)
+    )
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
 
 
 def _string_bytes(array: np.ndarray) -> bytes:

@@ -28,6 +28,8 @@ logger = logging.getLogger("modelship.http")
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 IDLE_CONNECTION_TIMEOUT_SECONDS: Final = 60
+LINGER_SECONDS: Final = 2.0
+LINGER_MAX_BYTES: Final = 64 * 1024 * 1024
 _BINARY_MARKERS: Final = ("inference-header-content-length",)
 
 
@@ -134,11 +136,12 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             return self._send_error_json(400, f"invalid Content-Length {length_header[:32]!r}")
         length = int(length_header)
         if length > self.server.max_request_bytes:
-            # Do not read a body we will refuse; close instead so the stream stays in sync.
             self.close_connection = True
-            return self._send_error_json(
+            answer = self._send_error_json(
                 413, f"request body of {length} bytes exceeds the {self.server.max_request_bytes}-byte limit"
             )
+            self._discard_body(length)
+            return answer
         body = self.rfile.read(length) if length else b""
         context = LocalLambdaContext()
         event = build_proxy_event(
@@ -156,6 +159,21 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             return self._send_error_json(502, "internal server error")
         self._send(status, headers, raw)
         return status, raw
+
+    def _discard_body(self, length: int) -> None:
+        """Lingering close: read (and drop) a refused body for a bounded time, so a client still
+        sending it gets to read our 413 instead of a broken pipe."""
+        deadline = time.monotonic() + LINGER_SECONDS
+        remaining = min(length, LINGER_MAX_BYTES)
+        try:
+            self.connection.settimeout(LINGER_SECONDS)
+            while remaining > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(remaining, 1 << 16)) if hasattr(self.rfile, "read1") else b""
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        except OSError:
+            pass
 
     def _send_error_json(self, status: int, message: str) -> tuple[int, bytes]:
         body = orjson.dumps({"error": message})

@@ -7,6 +7,7 @@ and API Gateway events) and the functional tests (a real HTTP server).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -25,11 +26,16 @@ class BadRequestCase:
     message: str = ""
 
 
-def _iris(inputs: list[dict[str, object]], **extra: object) -> bytes:
+def _iris(inputs: list[Any], **extra: object) -> bytes:
     return orjson.dumps({"inputs": inputs, **extra})
 
 
-GOOD_INPUT = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+GOOD_INPUT: dict[str, Any] = {
+    "name": "input",
+    "shape": [1, 4],
+    "datatype": "FP32",
+    "data": [5.1, 3.5, 1.4, 0.2],
+}
 IRIS = "/v2/models/iris/infer"
 
 BAD_REQUESTS = [

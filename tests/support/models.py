@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import GraphProto, TensorProto, helper
 
 # onnx 1.23 writes IR version 14 by default; onnxruntime 1.31 reads up to 13.
 IR_VERSION = 10
@@ -44,9 +44,10 @@ SAMPLE_BY_DATATYPE: dict[str, np.ndarray] = {
 }
 
 
-def serialize(graph: helper.GraphProto) -> bytes:
+def serialize(graph: GraphProto) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def identity_model(datatype: str, shape: tuple[int | str, ...] = ("batch", 3)) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-NUMPY_BY_DATATYPE = {
+NUMPY_BY_DATATYPE: dict[str, Any] = {
     "BOOL": np.bool_,
     "UINT8": "<u1",
     "UINT16": "<u2",
@@ -32,7 +32,8 @@ def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
             encoded = item.encode() if isinstance(item, str) else bytes(item)
             out += struct.pack("<I", len(encoded)) + encoded
         return out
-    return np.ascontiguousarray(array, dtype=NUMPY_BY_DATATYPE[datatype]).tobytes()
+    raw: bytes = np.ascontiguousarray(array, dtype=NUMPY_BY_DATATYPE[datatype]).tobytes()
+    return raw
 
 
 def json_request(inputs: dict[str, tuple[np.ndarray, str]], **extra: Any) -> bytes:

@@ -91,9 +91,12 @@ def test_sha256_mismatch_is_refused_before_a_session_exists(
 
     created: list[bytes] = []
     real_create = sessions.create_session
-    monkeypatch.setattr(
-        sessions, "create_session", lambda data, threads=None: created.append(data) or real_create(data)
-    )
+
+    def recording_create(data: bytes, threads: int | None = None) -> object:
+        created.append(data)
+        return real_create(data)
+
+    monkeypatch.setattr(sessions, "create_session", recording_create)
     service = InferenceService(repository, Settings(store_uri=repository.uri))
     response = service.handle("GET", "/v2/models/m", {}, b"")
     assert response.status == 503
