@@ -19,8 +19,9 @@ from modelship.config import Settings
 from modelship.service import InferenceService
 from modelship.sessions import LoadedModel
 
-logger = Logger()
-metrics = Metrics()
+# Defaults so a function deployed without the POWERTOOLS_* variables still logs and publishes metrics.
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "modelship")
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Modelship")
 # The core logs through the standard "modelship" loggers; give them Powertools' JSON format, so their
 # lines carry the request's correlation id too.
 copy_config_to_registered_loggers(source_logger=logger, include={"modelship"})

@@ -15,6 +15,7 @@ from modelship.repository import DEFAULT_MAX_MODEL_BYTES
 DEFAULT_MAX_REQUEST_BYTES: Final = 6 * 1024 * 1024
 DEFAULT_SESSION_MEMORY_MB: Final = 1024
 DEFAULT_VERSION_POLL_SECONDS: Final = 60.0
+DEFAULT_FAILURE_RETRY_SECONDS: Final = 5.0
 DEFAULT_CACHE_DIR: Final = "/tmp/modelship-cache"  # noqa: S108 - Lambda's only writable path
 
 
@@ -33,6 +34,8 @@ class Settings:
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     # How long "the latest version" of a model stays resolved before the store is asked again.
     version_poll_seconds: float = DEFAULT_VERSION_POLL_SECONDS
+    # How long a model that failed to load is answered from memory before the store is tried again.
+    failure_retry_seconds: float = DEFAULT_FAILURE_RETRY_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,6 +51,9 @@ class Settings:
             max_model_bytes=_positive_int(env, "MODELSHIP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES),
             version_poll_seconds=float(
                 env.get("MODELSHIP_VERSION_POLL_SECONDS") or DEFAULT_VERSION_POLL_SECONDS
+            ),
+            failure_retry_seconds=float(
+                env.get("MODELSHIP_FAILURE_RETRY_SECONDS") or DEFAULT_FAILURE_RETRY_SECONDS
             ),
         )
 

@@ -101,6 +101,9 @@ class ModelManager:
         self.observer = observer
         self.cache = SessionCache(settings.session_memory_bytes)
         self.failures: dict[tuple[str, int], str] = {}
+        # When each failure happened: a broken model is retried at most this often, so a burst of
+        # requests for it does not become a burst of store reads.
+        self._failed_at: dict[tuple[str, int], float] = {}
         self._latest: dict[str, tuple[int, float]] = {}
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -138,12 +141,16 @@ class ModelManager:
             model = self.cache.get(name, version)
             if model is not None:
                 return model
+            failed_at = self._failed_at.get(key)
+            if failed_at is not None and time.monotonic() - failed_at < self.settings.failure_retry_seconds:
+                raise ModelUnavailable(self.failures[key])
             try:
                 manifest = self.repository.read_manifest(name, version)
                 data = self.repository.fetch_verified(manifest)
                 model = load_model(manifest, data)
             except ModelUnavailable as error:
                 self.failures[key] = error.message
+                self._failed_at[key] = time.monotonic()
                 logger.error("model %s v%s unavailable: %s", name, version, error.message)
                 raise
             except NotFound:
@@ -151,9 +158,11 @@ class ModelManager:
             except Exception as error:
                 message = f"{name} version {version} cannot be loaded: {first_line(error)}"
                 self.failures[key] = message
+                self._failed_at[key] = time.monotonic()
                 logger.exception("model %s v%s failed to load", name, version)
                 raise ModelUnavailable(message) from None
             self.failures.pop(key, None)
+            self._failed_at.pop(key, None)
             self.cache.put(model)
             self.observer.model_loaded(model)
             logger.info("loaded %s v%s in %.1f ms", name, version, model.load_seconds * 1000)

@@ -109,7 +109,8 @@ def test_corrupted_object_fails_closed_and_warm_keeps_serving(
 
     s3.delete_object(Bucket=BUCKET, Key="prod/models/m/1/model.onnx")  # type: ignore[attr-defined]
     assert warm.handle("POST", "/v2/models/m/infer", {}, INFER).status == 200
-    missing = cold.handle("POST", "/v2/models/m/infer", {}, INFER)
+    another_cold = InferenceService(repository, Settings(store_uri=repository.uri))
+    missing = another_cold.handle("POST", "/v2/models/m/infer", {}, INFER)
     assert missing.status == 503
     assert "missing" in orjson.loads(missing.body)["error"]
 

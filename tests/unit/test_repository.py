@@ -158,3 +158,30 @@ def test_corrupted_cache_entry_is_discarded(tmp_path: Path) -> None:
     cached.write_bytes(b"garbage")
     assert repository.fetch_verified(manifest) == data
     assert cached.read_bytes() == data
+
+
+def test_failed_load_is_not_retried_within_the_retry_window(
+    repository: ModelRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = identity_model("FP32")
+    repository.push(write_model(tmp_path, "m", original), "m")
+    _tamper(tmp_path / "store", "m", 1, b"\0" * len(original))
+    reads: list[str] = []
+    real_read = repository.blobs.read
+
+    def counting_read(key: str, max_bytes: int) -> bytes:
+        reads.append(key)
+        return real_read(key, max_bytes)
+
+    monkeypatch.setattr(repository.blobs, "read", counting_read)
+    service = InferenceService(repository, Settings(store_uri=repository.uri, failure_retry_seconds=60))
+    for _ in range(5):
+        assert service.handle("GET", "/v2/models/m/versions/1", {}, b"").status == 503
+    assert len([key for key in reads if key.endswith("model.onnx")]) == 1
+
+    # Repaired in the store: still 503 inside the window, served once the window has passed.
+    _tamper(tmp_path / "store", "m", 1, original)
+    assert service.handle("GET", "/v2/models/m/versions/1", {}, b"").status == 503
+    service.settings = Settings(store_uri=repository.uri, failure_retry_seconds=0)
+    service.models.settings = service.settings
+    assert service.handle("GET", "/v2/models/m/versions/1", {}, b"").status == 200
