@@ -33,9 +33,10 @@ def tiny_model() -> bytes:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
     )
-    return helper.make_model(
+    serialized: bytes = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10
     ).SerializeToString()
+    return serialized
 
 
 def mlp_model(width: int = 1024, depth: int = 4) -> bytes:
@@ -59,9 +60,10 @@ def mlp_model(width: int = 1024, depth: int = 4) -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
         initializer=inits,
     )
-    return helper.make_model(
+    serialized: bytes = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10
     ).SerializeToString()
+    return serialized
 
 
 def median_us(function: Callable[[], Any], repeat: int) -> float:

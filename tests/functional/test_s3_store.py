@@ -134,14 +134,19 @@ def moto_server() -> Iterator[str]:
     server.stop()
 
 
-def test_cli_push_list_and_serve_over_real_s3(moto_server: str, tmp_path: Path) -> None:
-    env = {
+def moto_env(endpoint: str) -> dict[str, str]:
+    """The environment a user's shell would have: an endpoint and credentials, nothing in-process."""
+    return {
         **os.environ,
-        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+def test_cli_push_list_and_serve_over_real_s3(moto_server: str, tmp_path: Path) -> None:
+    env = moto_env(moto_server)
     boto3.client(
         "s3",
         endpoint_url=moto_server,
@@ -200,13 +205,7 @@ def test_cli_push_list_and_serve_over_real_s3(moto_server: str, tmp_path: Path) 
 
 
 def test_push_rejects_bad_name_without_touching_s3(moto_server: str, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": moto_server,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = moto_env(moto_server)
     completed = subprocess.run(
         modelship_command(
             "push", str(tmp_path / "x.onnx"), "--name", "../../etc", "--store", "s3://cli-bucket"
