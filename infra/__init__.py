@@ -1,0 +1,1 @@
+"""modelship's AWS CDK app: reusable constructs (``infra.constructs``) composed into ``infra.stacks``."""

@@ -1,0 +1,1 @@
+"""Reusable constructs: each one owns a resource, its least-privilege wiring and its cdk-nag reasoning."""

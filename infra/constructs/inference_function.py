@@ -1,0 +1,171 @@
+"""The inference Lambda function: the shared core plus its thin entry, behind a ``live`` alias."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import Annotations, Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra.constructs.model_bucket import MODELS_PREFIX
+from infra.constructs.prebuilt_layer import LAMBDA_RUNTIME, lambda_architecture
+from infra.nag import acknowledge, nag_resource_id
+
+HANDLER = "inference.app.handler"  # docs/contracts.md
+LIVE_ALIAS_NAME = "live"
+# The asset is functions/ (core + entry) and nothing a build or a test run leaves behind.
+ASSET_EXCLUDES = (
+    "**/__pycache__",
+    "**/*.pyc",
+    "**/*.egg-info",
+    "**/tests",
+    "**/.pytest_cache",
+    "**/.mypy_cache",
+    "**/.ruff_cache",
+    "**/.DS_Store",
+)
+
+
+@dataclass(frozen=True)
+class InferenceFunctionProps:
+    """What the function needs from the rest of the app."""
+
+    functions_dir: Path
+    layers: Sequence[lambda_.ILayerVersion]
+    model_bucket: s3.IBucket
+    architecture: str
+    memory_mb: int
+    timeout_seconds: int
+    preload: Sequence[str]
+    reserved_concurrency: int | None
+    snapstart: bool
+    log_retention: logs.RetentionDays
+    removal_policy: RemovalPolicy
+
+
+class InferenceFunction(Construct):
+    """The function, its log group, its least-privilege role, and a ``live`` alias on the current version."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, props: InferenceFunctionProps) -> None:
+        super().__init__(scope, construct_id)
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=props.log_retention, removal_policy=props.removal_policy
+        )
+        self.role = self._least_privilege_role(props.model_bucket)
+
+        environment = {
+            "MODELSHIP_STORE": f"s3://{props.model_bucket.bucket_name}",
+            "POWERTOOLS_SERVICE_NAME": "modelship",
+            "POWERTOOLS_METRICS_NAMESPACE": "Modelship",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+            # Requests and responses carry tensors (megabytes): never copy them into logs or X-Ray
+            # metadata (64 KB per segment).
+            "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+            "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+            "POWERTOOLS_TRACER_CAPTURE_ERROR": "true",
+        }
+        if props.preload:
+            # Loaded during init, so with SnapStart the models are inside the snapshot.
+            environment["MODELSHIP_PRELOAD"] = ",".join(props.preload)
+
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description="modelship inference (Open Inference Protocol over ONNX Runtime)",
+            runtime=LAMBDA_RUNTIME,
+            architecture=lambda_architecture(props.architecture),
+            handler=HANDLER,
+            code=lambda_.Code.from_asset(str(props.functions_dir), exclude=list(ASSET_EXCLUDES)),
+            layers=list(props.layers),
+            memory_size=props.memory_mb,
+            timeout=Duration.seconds(props.timeout_seconds),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=self.log_group,
+            role=self.role,
+            environment=environment,
+            reserved_concurrent_executions=props.reserved_concurrency,
+            snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if props.snapstart else None,
+        )
+        self.version = self.function.current_version
+        self.alias = lambda_.Alias(self, "LiveAlias", alias_name=LIVE_ALIAS_NAME, version=self.version)
+        if props.snapstart:
+            # CDK warns because SnapStart applies only to published versions: we publish one on every
+            # change (current_version) and API Gateway calls it through the alias, never $LATEST.
+            Annotations.of(self.function).acknowledge_warning(
+                "@aws-cdk/aws-lambda:snapStartRequirePublish",
+                "current_version publishes a version on every deployment and the live alias targets it",
+            )
+
+        self._acknowledge_findings(props.model_bucket)
+
+    def _acknowledge_findings(self, bucket: s3.IBucket) -> None:
+        acknowledge(
+            self.function,
+            "Serverless-LambdaDLQ",
+            "Invoked only synchronously by API Gateway: the caller receives every error as an HTTP "
+            "response, so there is no asynchronous event to dead-letter.",
+        )
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5",
+            "X-Ray PutTraceSegments/PutTelemetryRecords (added by active tracing) support no resource-level "
+            "permissions, so AWS requires Resource '*' for them.",
+            applies_to=["Resource::*"],
+        )
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5",
+            "Read-only access to every model object: s3:GetObject on the model bucket's models/ prefix, "
+            "which is exactly the store layout of docs/contracts.md (models/<name>/<version>/...).",
+            applies_to=[f"Resource::{nag_resource_id(self, self.models_objects_arn(bucket))}"],
+        )
+        for rule in ("AwsSolutions-L1", "Serverless-LambdaLatestVersion"):
+            acknowledge(
+                self.function,
+                rule,
+                "The runtime is pinned to python3.13 on purpose: the ONNX layer is built and smoke-tested "
+                "for the cp313 ABI with 3.13 .pyc files; moving to 3.14 is a deliberate, re-tested change.",
+            )
+
+    @staticmethod
+    def models_objects_arn(bucket: s3.IBucket) -> str:
+        return bucket.arn_for_objects(f"{MODELS_PREFIX}*")
+
+    def _least_privilege_role(self, bucket: s3.IBucket) -> iam.Role:
+        """A role with no managed policies: its own log group, models/ read-only, and X-Ray (from tracing)."""
+        role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="modelship inference: read models/ in the model bucket, write its own logs",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="WriteOwnLogGroup",
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[self.log_group.log_group_arn],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadModels",
+                actions=["s3:GetObject"],
+                resources=[self.models_objects_arn(bucket)],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ListModels",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                # Listing is allowed only for keys under models/ (resolving "latest", `modelship list`).
+                conditions={"StringLike": {"s3:prefix": [f"{MODELS_PREFIX}*"]}},
+            )
+        )
+        return role

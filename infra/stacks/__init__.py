@@ -1,0 +1,1 @@
+"""The deployable stacks: model store, inference API, and the (placeholder) edge stack."""

@@ -1,0 +1,1 @@
+"""Lambda layer builds for modelship (see ``layers/build_layer.py``)."""

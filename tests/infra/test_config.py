@@ -1,0 +1,132 @@
+"""Context validation: defaults, parsing of command-line strings, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.config import ConfigError, DeployConfig
+
+pytestmark = pytest.mark.infra
+
+
+def test_defaults_need_no_context() -> None:
+    config = DeployConfig.from_context({})
+    assert config.stage == "prod"
+    assert config.architecture == "arm64"
+    assert config.memory_mb == 2048
+    assert config.timeout_seconds == 20
+    assert config.preload == ()
+    assert config.auth == "iam"
+    assert config.snapstart is False
+    assert config.removal == "retain"
+    assert config.reserved_concurrency is None
+    assert config.stack_name("api") == "modelship-prod-api"
+
+
+def test_command_line_strings_are_parsed() -> None:
+    config = DeployConfig.from_context(
+        {
+            "stage": "local",
+            "architecture": "x86_64",
+            "memory": "1024",
+            "timeout": "28",
+            "preload": " iris , resnet:2 ",
+            "auth": "api_key",
+            "throttle_rate": "12.5",
+            "throttle_burst": "25",
+            "reserved_concurrency": "5",
+            "snapstart": "yes",
+            "removal": "destroy",
+            "log_retention_days": "90",
+        }
+    )
+    assert (config.stage, config.architecture, config.memory_mb, config.timeout_seconds) == (
+        "local",
+        "x86_64",
+        1024,
+        28,
+    )
+    assert config.preload == ("iris", "resnet:2")
+    assert config.auth == "api_key"
+    assert (config.throttle_rate, config.throttle_burst) == (12.5, 25)
+    assert config.reserved_concurrency == 5
+    assert config.snapstart is True
+    assert config.is_throwaway
+
+
+def test_typed_json_values_from_cdk_json_are_accepted() -> None:
+    config = DeployConfig.from_context({"memory": 4096, "snapstart": True, "preload": ["iris"]})
+    assert (config.memory_mb, config.snapstart, config.preload) == (4096, True, ("iris",))
+
+
+def test_cdk_keys_and_feature_flags_are_ignored() -> None:
+    DeployConfig.from_context(
+        {"@aws-cdk/core:checkSecretUsage": True, "aws:cdk:enable-path-metadata": True, "cdk-toolkit": "x"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("architecture", "aarch64", "must be one of arm64, x86_64"),
+        ("timeout", "29", "between 1 and 28"),
+        ("timeout", "0", "between 1 and 28"),
+        ("memory", "64", "between 128 and 10240"),
+        ("memory", "lots", "must be an integer"),
+        ("memory", True, "must be an integer"),
+        ("auth", "cognito", "must be one of iam, api_key"),
+        ("stage", "Prod", "1-16 characters"),
+        ("stage", "a-very-long-stage-name", "1-16 characters"),
+        ("stage", "dev-", "1-16 characters"),
+        ("preload", "iris,../etc", "invalid model reference"),
+        ("preload", "iris,iris", "twice"),
+        ("preload", "iris:latest", "invalid model reference"),
+        ("snapstart", "maybe", "true or false"),
+        ("removal", "snapshot", "must be one of retain, destroy"),
+        ("log_retention_days", "31", "must be one of"),
+        ("throttle_rate", "nan", "between 1 and 10000"),
+        ("reserved_concurrency", "0", "between 1 and 10000"),
+        ("alarm_topic_arn", "arn:aws:sqs:eu-west-1:123456789012:q", "SNS topic ARN"),
+        ("onnx_layer_zip", "/nonexistent/layer.zip", "not an existing .zip"),
+        ("archtecture", "x86_64", "unknown context key 'archtecture'"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_key_and_the_reason(
+    key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        DeployConfig.from_context({key: value})
+    assert key in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        DeployConfig.from_context({"architecture": "mips", "timeout": "60", "auth": "none"})
+    text = str(raised.value)
+    assert "architecture='mips'" in text
+    assert "timeout='60'" in text
+    assert "auth='none'" in text
+
+
+def test_latency_alarm_must_fit_within_the_timeout() -> None:
+    with pytest.raises(ConfigError, match="latency_alarm_ms=25000 exceeds the function timeout"):
+        DeployConfig.from_context({"latency_alarm_ms": "25000"})
+
+
+def test_layer_zips_come_in_pairs(tmp_path: Path) -> None:
+    zip_path = tmp_path / "onnx-layer.zip"
+    zip_path.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    with pytest.raises(ConfigError, match="must be given together"):
+        DeployConfig.from_context({"onnx_layer_zip": str(zip_path)})
+    config = DeployConfig.from_context({"onnx_layer_zip": str(zip_path), "deps_layer_zip": str(zip_path)})
+    assert config.onnx_layer_zip == zip_path
+
+
+def test_synth_reports_bad_context_before_building_anything() -> None:
+    from infra.app import build_app
+
+    with pytest.raises(ConfigError, match="architecture"):
+        build_app({"architecture": "sparc"})
