@@ -141,7 +141,8 @@ def _configure_access_log() -> None:
 def command_infer(args: argparse.Namespace) -> int:
     from modelship.client import InferenceClient, format_response, parse_input_value
 
-    client = InferenceClient(args.url, sigv4=args.sigv4, timeout=args.timeout)
+    api_key = args.api_key or os.environ.get("MODELSHIP_API_KEY")
+    client = InferenceClient(args.url, sigv4=args.sigv4, api_key=api_key, timeout=args.timeout)
     metadata = client.metadata(args.model, args.model_version)
     specs = {spec["name"]: spec for spec in metadata.get("inputs", [])}
     inputs = {}
@@ -238,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--binary", action="store_true", help="use the binary tensor data extension both ways")
     infer.add_argument(
         "--sigv4", action="store_true", help="sign requests with AWS SigV4 (API Gateway IAM auth)"
+    )
+    infer.add_argument(
+        "--api-key",
+        help="send this API Gateway key as x-api-key (deployments with auth=api_key; "
+        "default: $MODELSHIP_API_KEY)",
     )
     infer.add_argument(
         "--timeout", type=float, default=30.0, help="seconds per HTTP request (default: %(default)s)"

@@ -35,9 +35,12 @@ class HttpResult:
 
 
 class InferenceClient:
-    def __init__(self, base_url: str, *, sigv4: bool = False, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, *, sigv4: bool = False, api_key: str | None = None, timeout: float = 30.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.sigv4 = sigv4
+        self.api_key = api_key
         self.timeout = timeout
 
     def request(
@@ -45,6 +48,8 @@ class InferenceClient:
     ) -> HttpResult:
         url = self.base_url + path
         all_headers = dict(headers or {})
+        if self.api_key:
+            all_headers["x-api-key"] = self.api_key
         if self.sigv4:
             all_headers = _sign(method, url, body, all_headers)
         request = urllib.request.Request(url, data=body or None, method=method, headers=all_headers)  # noqa: S310

@@ -165,3 +165,36 @@ def test_ctrl_c_shuts_down_cleanly(populated_store: Path, tmp_path: Path) -> Non
         assert running.process.wait(timeout=15) == 0
         assert "shutting down" in running.log()
         assert "Traceback" not in running.log()
+
+
+def test_cli_sends_api_key_header(tmp_path: Path) -> None:
+    """--api-key reaches the server as x-api-key (API Gateway checks it; here a recording server does)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str | None] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("x-api-key"))
+            body = b'{"error": "stop here"}'
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    recorder = HTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=recorder.handle_request, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{recorder.server_address[1]}"
+    command = modelship_command(
+        "infer", "--url", url, "--model", "iris", "--input", "input=[1,2,3,4]", "--api-key", "s3cr3t"
+    )
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    thread.join(timeout=10)
+    recorder.server_close()
+    assert seen == ["s3cr3t"]
+    assert completed.returncode == 1 and "HTTP 403: stop here" in completed.stderr
