@@ -47,12 +47,20 @@ def main() -> None:
 
     store = tempfile.mkdtemp(prefix="modelship-cold-")
     ensure_default_model(ModelRepository.open(store), Path(store) / "scratch")
-    env = {**os.environ, "MODELSHIP_STORE": store, "MODELSHIP_PRELOAD": "iris", "PYTHONPATH": str(ROOT / "functions"),
-           "POWERTOOLS_METRICS_NAMESPACE": "Bench", "POWERTOOLS_SERVICE_NAME": "bench"}
+    env = {
+        **os.environ,
+        "MODELSHIP_STORE": store,
+        "MODELSHIP_PRELOAD": "iris",
+        "PYTHONPATH": str(ROOT / "functions"),
+        "POWERTOOLS_METRICS_NAMESPACE": "Bench",
+        "POWERTOOLS_SERVICE_NAME": "bench",
+    }
     totals, imports, first = [], [], []
     for _ in range(args.runs):
         started = time.perf_counter()
-        output = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+        output = subprocess.run(
+            [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True
+        )
         totals.append(time.perf_counter() - started)
         line = next(line for line in output.stdout.splitlines() if line.startswith("TIMES"))
         init, answer = (float(value) for value in line.split()[1:])
