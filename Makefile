@@ -9,7 +9,7 @@ ARCH ?= $(shell uname -m | sed -e 's/aarch64/arm64/')
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: help venv node serve test test-fast lint typecheck layer synth localstack-up localstack-down deploy-local bench clean
+.PHONY: help venv node serve test test-fast lint integration layer synth localstack-up localstack-down deploy-local bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test-fast: venv ## Unit and functional tests only
 lint: venv ## ruff and mypy (strict on the core)
 	bash scripts/test.sh lint
 
+integration: venv node ## LocalStack integration tests: fresh LocalStack, deploy, test, tear down
+	bash scripts/test.sh integration
+
 layer: venv ## Build the onnxruntime + numpy Lambda layer: make layer ARCH=x86_64|arm64
 	$(PY) layers/build_layer.py --arch $(ARCH)
 
@@ -55,8 +58,9 @@ localstack-down: ## Stop LocalStack and its Lambda processes; idempotent
 deploy-local: venv node ## Deploy the CDK app to LocalStack and push the default model
 	bash scripts/deploy-local.sh
 
-bench: venv ## Measure the warm-path overhead over raw session.run
+bench: venv ## Warm-path overhead over raw session.run, and cold start to first answer
 	$(PY) bench/warm_path.py
+	$(PY) bench/cold_start.py
 
 clean: ## Remove build outputs (keeps the virtualenvs)
 	rm -rf cdk.out layers/build build dist .pytest_cache .mypy_cache .ruff_cache

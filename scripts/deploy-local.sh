@@ -164,23 +164,6 @@ stage = stage_context if stage_context in stages else stages[0]
 store = function.get("Environment", {}).get("Variables", {}).get("MODELSHIP_STORE", "")
 if not store.startswith("s3://"):
     sys.exit(f"deploy-local: the function's MODELSHIP_STORE is {store!r}, not an s3:// store")
-# LocalStack compatibility: its gateway skips wildcard entries when it matches binaryMediaTypes
-# (helpers.mime_type_matches_binary_media_types: `if _type == "*": continue`), so an API whose only
-# binary type is "*/*" never returns a function's isBase64Encoded response as raw bytes there, though
-# AWS does. Naming application/octet-stream as well changes nothing on AWS ("*/*" covers it) and makes
-# LocalStack decode responses for `Accept: application/octet-stream`. A no-op once infra lists it.
-apigateway = boto3.client("apigateway")
-binary_types = apigateway.get_rest_api(restApiId=api_id).get("binaryMediaTypes", [])
-if binary_types and all(item.startswith("*/") for item in binary_types):
-    print(
-        f"deploy-local: LocalStack ignores binaryMediaTypes {binary_types}; adding application/octet-stream",
-        file=sys.stderr,
-    )
-    apigateway.update_rest_api(
-        restApiId=api_id, patchOperations=[{"op": "add", "path": "/binaryMediaTypes/application~1octet-stream"}]
-    )
-    apigateway.create_deployment(restApiId=api_id, stageName=stage, description="deploy-local: binary media type")
-
 # The API invokes an alias (a published version), not $LATEST.
 aliases = [alias["Name"] for alias in lambda_client.list_aliases(FunctionName=function["FunctionName"])["Aliases"]]
 deployment = {

@@ -116,6 +116,9 @@ def encode_request(
         return header, {"Content-Type": "application/json"}
     return header + b"".join(chunks), {
         "Content-Type": "application/octet-stream",
+        # API Gateway returns a binary (base64-flagged) response as raw bytes only when the request's
+        # Accept header names a binary media type.
+        "Accept": "application/octet-stream",
         "Inference-Header-Content-Length": str(len(header)),
     }
 

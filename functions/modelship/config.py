@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -16,7 +16,12 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 6 * 1024 * 1024
 DEFAULT_SESSION_MEMORY_MB: Final = 1024
 DEFAULT_VERSION_POLL_SECONDS: Final = 60.0
 DEFAULT_FAILURE_RETRY_SECONDS: Final = 5.0
-DEFAULT_CACHE_DIR: Final = "/tmp/modelship-cache"  # noqa: S108 - Lambda's only writable path
+
+
+def default_cache_dir() -> Path:
+    # $TMPDIR when set (each LocalStack execution environment has its own), else /tmp: Lambda's only
+    # writable path. tempfile.gettempdir() would do the same but costs an import at cold start.
+    return Path(os.environ.get("TMPDIR") or "/tmp") / "modelship-cache"  # noqa: S108
 
 
 def default_store_path() -> Path:
@@ -28,7 +33,7 @@ def default_store_path() -> Path:
 class Settings:
     store_uri: str
     preload: tuple[tuple[str, int | None], ...] = ()
-    cache_dir: Path = Path(DEFAULT_CACHE_DIR)
+    cache_dir: Path = field(default_factory=default_cache_dir)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     session_memory_bytes: int = DEFAULT_SESSION_MEMORY_MB * 1024 * 1024
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
@@ -43,7 +48,9 @@ class Settings:
         return cls(
             store_uri=env.get("MODELSHIP_STORE") or str(default_store_path()),
             preload=parse_preload(env.get("MODELSHIP_PRELOAD", "")),
-            cache_dir=Path(env.get("MODELSHIP_CACHE_DIR") or DEFAULT_CACHE_DIR),
+            cache_dir=Path(env["MODELSHIP_CACHE_DIR"])
+            if env.get("MODELSHIP_CACHE_DIR")
+            else default_cache_dir(),
             max_request_bytes=_positive_int(env, "MODELSHIP_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             session_memory_bytes=_positive_int(env, "MODELSHIP_SESSION_MEMORY_MB", DEFAULT_SESSION_MEMORY_MB)
             * 1024

@@ -203,18 +203,16 @@ def verify_bytes(data: bytes, manifest: Manifest) -> None:
 def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] | None) -> Manifest:
     """Load the model with onnxruntime to prove it is servable, and read what the manifest records."""
     from modelship.sessions import create_session, first_line
-    from modelship.signature import read_opset, tensor_specs
+    from modelship.signature import read_provenance, tensor_specs
 
     try:
         session = create_session(data, threads=1)
     except Exception as error:
         raise InvalidModel(f"onnxruntime cannot load the model: {first_line(error)}") from None
-    meta = session.get_modelmeta()
-    producer = {"name": meta.producer_name, "version": (meta.version and str(meta.version)) or ""}
     try:
-        opset = read_opset(data)
-    except Exception:
-        opset = {}
+        producer, opset = read_provenance(data, session.get_modelmeta().producer_name)
+    except Exception:  # provenance is informative; onnxruntime has already proven the model loads
+        producer, opset = {"name": session.get_modelmeta().producer_name}, {}
     return Manifest(
         name=name,
         version=version,

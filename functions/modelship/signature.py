@@ -24,11 +24,14 @@ def tensor_specs(node_args: list[Any]) -> tuple[TensorSpec, ...]:
     )
 
 
-def read_opset(model_bytes: bytes) -> dict[str, int]:
-    """Opset imports need the onnx package; without it the manifest simply omits them."""
+def read_provenance(model_bytes: bytes, fallback_producer: str) -> tuple[dict[str, str], dict[str, int]]:
+    """The producer (name, version) and opset imports. onnxruntime exposes neither the producer's
+    version nor the opsets, so they need the onnx package; without it the manifest records only the
+    producer's name."""
     try:
         import onnx
     except ImportError:
-        return {}
+        return {"name": fallback_producer}, {}
     model = onnx.load_model_from_string(model_bytes)
-    return {entry.domain or "ai.onnx": int(entry.version) for entry in model.opset_import}
+    producer = {"name": model.producer_name, "version": model.producer_version}
+    return producer, {entry.domain or "ai.onnx": int(entry.version) for entry in model.opset_import}

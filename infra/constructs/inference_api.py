@@ -20,7 +20,9 @@ from infra.nag import acknowledge
 # The cost: request bodies (JSON too, which may arrive with no Content-Type at all) reach the function
 # base64-encoded, so the core decodes on isBase64Encoded (pybase64: microseconds), and Lambda's 6 MB
 # invoke payload caps a raw request body at about 4.4 MB.
-BINARY_MEDIA_TYPES = ("*/*",)
+# application/octet-stream is named as well, though "*/*" covers it on AWS: LocalStack skips wildcard
+# entries when it matches binary media types, and would return binary responses as base64 text.
+BINARY_MEDIA_TYPES = ("*/*", "application/octet-stream")
 
 # One JSON object per request. Every value is quoted: API Gateway writes "-" for a missing number, and
 # the format itself must parse as JSON (cdk-nag's structured-logging check does exactly that).

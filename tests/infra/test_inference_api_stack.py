@@ -189,7 +189,10 @@ def test_no_s3_permission_anywhere_uses_a_wildcard_resource(api_template: Templa
 def test_rest_api_is_regional_and_treats_every_type_as_binary(api_template: Template) -> None:
     api_template.has_resource_properties(
         "AWS::ApiGateway::RestApi",
-        {"BinaryMediaTypes": ["*/*"], "EndpointConfiguration": {"Types": ["REGIONAL"]}},
+        {
+            "BinaryMediaTypes": ["*/*", "application/octet-stream"],
+            "EndpointConfiguration": {"Types": ["REGIONAL"]},
+        },
     )
 
 

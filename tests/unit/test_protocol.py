@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -127,3 +129,12 @@ def test_zero_batch(service: InferenceService) -> None:
     body = orjson.dumps({"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]})
     _, document, _ = infer(service, "identity_fp32", body)
     assert document["outputs"][0]["shape"] == [0, 3]
+
+
+def test_manifest_records_the_producer(iris_model: tuple[bytes, list[str]], tmp_path: Path) -> None:
+    from modelship.repository import ModelRepository
+
+    path = tmp_path / "iris.onnx"
+    path.write_bytes(iris_model[0])
+    manifest = ModelRepository.open(str(tmp_path / "store")).push(path, "iris")
+    assert manifest.producer == {"name": "modelship", "version": "1"}

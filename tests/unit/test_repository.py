@@ -35,6 +35,7 @@ def test_push_writes_layout_and_manifest(repository: ModelRepository, tmp_path: 
     assert document["outputs"][0] == {"name": "sum", "datatype": "FP32", "shape": [-1, 4]}
     assert document["labels"] == ["x"]
     assert document["opset"] == {"ai.onnx": 17}
+    assert document["producer"] == {"name": "", "version": ""}
     assert document["created"].endswith("+00:00")
     assert manifest.to_json() == {**document}
 
