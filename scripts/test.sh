@@ -17,12 +17,16 @@ failed_tiers=()
 
 section() { printf '\n===== %s =====\n' "$*"; }
 
-# pytest exits 5 when a tier has no tests yet (tests/edge until the Greengrass door lands): that is
-# reported, not counted as a failure.
+# A tier with no tests yet (tests/edge until the Greengrass door lands: git keeps no empty folder, and
+# pytest exits 5 on an empty one) is reported, not counted as a failure.
 pytest_tier() {
   local name="$1"
   shift
   section "${name}"
+  if [ ! -d "$1" ]; then
+    echo "${name}: no tests yet ($1 does not exist)"
+    return
+  fi
   "${PY}" -m pytest "$@" -p no:cacheprovider --junitxml="${REPORTS}/${name}.xml"
   local status=$?
   if [ "${status}" -eq 5 ]; then
