@@ -27,11 +27,15 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "M
 copy_config_to_registered_loggers(source_logger=logger, include={"modelship"})
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes", "on")
+
+
 def _tracing_enabled() -> bool:
     # Tracer() imports the X-Ray SDK and opens its UDP emitter even when disabled, which costs cold
     # start; build it only where it will trace (mirrors Powertools' own rule).
-    disabled = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() in ("1", "true", "yes", "on")
-    return bool(os.environ.get("LAMBDA_TASK_ROOT")) and not disabled and not os.environ.get("AWS_SAM_LOCAL")
+    in_lambda = bool(os.environ.get("LAMBDA_TASK_ROOT")) and not os.environ.get("AWS_SAM_LOCAL")
+    return in_lambda and not _env_flag("POWERTOOLS_TRACE_DISABLED")
 
 
 tracer = Tracer() if _tracing_enabled() else None
@@ -51,7 +55,8 @@ service = InferenceService.from_settings(Settings.from_env(), PowertoolsObserver
 service.preload()
 
 
-@metrics.log_metrics(capture_cold_start_metric=True)
+# Powertools writes the ColdStart metric even with POWERTOOLS_METRICS_DISABLED (as `modelship serve` sets).
+@metrics.log_metrics(capture_cold_start_metric=not _env_flag("POWERTOOLS_METRICS_DISABLED"))
 def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle_event(service, event)
 
