@@ -66,15 +66,20 @@ def mlp_model(width: int = 1024, depth: int = 4) -> bytes:
     return serialized
 
 
-def median_us(function: Callable[[], Any], repeat: int) -> float:
-    for _ in range(min(200, repeat)):
-        function()
-    samples = []
+def interleaved_medians(functions: list[Callable[[], Any]], repeat: int) -> list[float]:
+    """Per-call medians in microseconds, timing the functions in turn within each round so that drift
+    in clock speed or neighbours' load lands on all of them alike."""
+    for _ in range(min(100, repeat)):
+        for function in functions:
+            function()
+    samples: list[list[float]] = [[] for _ in functions]
+    clock = time.perf_counter
     for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1e6
+        for index, function in enumerate(functions):
+            started = clock()
+            function()
+            samples[index].append(clock() - started)
+    return [statistics.median(times) * 1e6 for times in samples]
 
 
 def json_event(name: str, array: np.ndarray) -> dict[str, Any]:
@@ -144,8 +149,7 @@ def main() -> None:
         path.write_bytes(data)
         repository.push(path, name)
 
-    import io
-    from contextlib import redirect_stdout
+        from contextlib import redirect_stdout
 
     from inference import app
     from modelship.apigw import handle_event
@@ -153,10 +157,14 @@ def main() -> None:
     from modelship.httpserver import LocalLambdaContext
     from modelship.service import InferenceService
 
-    # The core columns use a service without the Powertools observer, so they show the core alone.
+    # The core columns use a service without the Powertools observer, so they show the core alone. It
+    # shares the handler's loaded models: one session per model, so every column runs the same weights
+    # (two copies of a 16 MB model would evict each other from the CPU caches and skew the comparison).
     service = InferenceService.from_settings(Settings.from_env())
+    for name in ("tiny", "mlp"):
+        service.models.cache.put(app.service.models.get(name, None))
     context = LocalLambdaContext()
-    sink = io.StringIO()
+    sink = Path(os.devnull).open("w")  # noqa: SIM115 - open for the whole run
     print(
         f"{'case':<28}{'raw us':>10}{'core us':>10}{'apigw us':>10}"
         f"{'handler us':>12}{'handler-raw':>13}{'ratio':>8}"
@@ -174,13 +182,15 @@ def main() -> None:
                 event["body"].encode() if not event["isBase64Encoded"] else pybase64.b64decode(event["body"])
             )
             headers = {k.lower(): v for k, v in event["headers"].items()}
-            raw = median_us(lambda: model.session.run(None, {"x": array}), repeat)
-            core = median_us(lambda: service.handle("POST", event["path"], headers, body), repeat)
-            translated = median_us(lambda: handle_event(service, event), repeat)
-
-            handler = median_us(lambda: app.handler(event, context), repeat)
-            sink.seek(0)
-            sink.truncate()
+            raw, core, translated, handler = interleaved_medians(
+                [
+                    lambda: model.session.run(None, {"x": array}),
+                    lambda: service.handle("POST", event["path"], headers, body),
+                    lambda: handle_event(service, event),
+                    lambda: app.handler(event, context),
+                ],
+                repeat,
+            )
             print(
                 file=table,
                 end=f"{name + ' ' + mode + ' b' + str(batch):<28}{raw:>10.1f}{core:>10.1f}{translated:>10.1f}"

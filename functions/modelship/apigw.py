@@ -54,7 +54,7 @@ def to_proxy_result(response: Response) -> dict[str, Any]:
         return {
             "statusCode": response.status,
             "headers": response.headers(),
-            "body": pybase64.b64encode(response.body).decode("ascii"),
+            "body": pybase64.b64encode_as_string(response.body),
             "isBase64Encoded": True,
         }
     return {
