@@ -7,6 +7,7 @@ cannot exhaust memory; writes are atomic so a reader never sees half an object.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -44,6 +45,17 @@ class BlobStore(ABC):
         """Keys under ``prefix`` (relative to the store root), in no particular order."""
 
 
+def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
+    """At most ``max_bytes`` of a regular file (None if it is larger). Never blocks on a FIFO or device
+    planted where a model should be: the open is non-blocking and anything but a regular file is refused."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = handle.read(max_bytes + 1)
+    return data if len(data) <= max_bytes else None
+
+
 class LocalBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -58,11 +70,10 @@ class LocalBlobStore(BlobStore):
 
     def read(self, key: str, max_bytes: int) -> bytes:
         try:
-            with self._path(key).open("rb") as handle:
-                data = handle.read(max_bytes + 1)
+            data = read_regular_file(self._path(key), max_bytes)
         except (FileNotFoundError, NotADirectoryError):
             raise BlobNotFound(key) from None
-        if len(data) > max_bytes:
+        if data is None:
             raise BlobTooLarge(key)
         return data
 

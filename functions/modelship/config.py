@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,11 +57,11 @@ class Settings:
             * 1024
             * 1024,
             max_model_bytes=_positive_int(env, "MODELSHIP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES),
-            version_poll_seconds=float(
-                env.get("MODELSHIP_VERSION_POLL_SECONDS") or DEFAULT_VERSION_POLL_SECONDS
+            version_poll_seconds=_seconds(
+                env, "MODELSHIP_VERSION_POLL_SECONDS", DEFAULT_VERSION_POLL_SECONDS
             ),
-            failure_retry_seconds=float(
-                env.get("MODELSHIP_FAILURE_RETRY_SECONDS") or DEFAULT_FAILURE_RETRY_SECONDS
+            failure_retry_seconds=_seconds(
+                env, "MODELSHIP_FAILURE_RETRY_SECONDS", DEFAULT_FAILURE_RETRY_SECONDS
             ),
         )
 
@@ -72,6 +73,19 @@ def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{key} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key} must be a non-negative number of seconds, got {raw!r}")
+    return value
 
 
 def parse_preload(text: str) -> tuple[tuple[str, int | None], ...]:

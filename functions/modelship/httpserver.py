@@ -130,11 +130,10 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             return self._send_error_json(411, "chunked bodies are not supported; send Content-Length")
-        length_header = self.headers.get("Content-Length", "0")
-        if not length_header.isdigit():
+        length = self._content_length()
+        if length is None:
             self.close_connection = True
-            return self._send_error_json(400, f"invalid Content-Length {length_header[:32]!r}")
-        length = int(length_header)
+            return self._send_error_json(400, "invalid or conflicting Content-Length")
         if length > self.server.max_request_bytes:
             self.close_connection = True
             answer = self._send_error_json(
@@ -143,6 +142,10 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             self._discard_body(length)
             return answer
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client went away mid-body: there is no one to answer, and half a request is not one.
+            self.close_connection = True
+            return 400, b""
         context = LocalLambdaContext()
         event = build_proxy_event(
             self.command, self.path, list(self.headers.items()), body, context.aws_request_id
@@ -159,6 +162,25 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
             return self._send_error_json(502, "internal server error")
         self._send(status, headers, raw)
         return status, raw
+
+    def _content_length(self) -> int | None:
+        # Differing duplicates would let a request hide inside another's body (RFC 9112, 6.3).
+        values = {value.strip() for value in self.headers.get_all("Content-Length") or ["0"]}
+        if len(values) != 1:
+            return None
+        (value,) = values
+        return int(value) if value.isascii() and value.isdigit() else None
+
+    def handle_expect_100(self) -> bool:
+        # Refuse an oversized body before inviting the client to send it.
+        length = self._content_length()
+        if length is not None and length > self.server.max_request_bytes:
+            self.close_connection = True
+            self._send_error_json(
+                413, f"request body of {length} bytes exceeds the {self.server.max_request_bytes}-byte limit"
+            )
+            return False
+        return super().handle_expect_100()
 
     def _discard_body(self, length: int) -> None:
         """Lingering close: read (and drop) a refused body for a bounded time, so a client still
@@ -195,6 +217,9 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
         lines.append(f"Content-Length: {len(body)}")
         if self.close_connection:
             lines.append("Connection: close")
+        elif self.request_version == "HTTP/1.0":
+            # HTTP/1.0 closes by default; say we keep it open, or the client waits for EOF.
+            lines.append("Connection: keep-alive")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.wfile.write(head + body if self.command != "HEAD" else head)
 

@@ -183,6 +183,13 @@ def _decode_json(binding: InputBinding, data: Any, shape: tuple[int, ...], count
         low, high = binding.int_limits
         if array.min() < low or array.max() > high:
             raise BadRequest(f"input {name!r}: values out of range for {binding.datatype}")
+    if target.kind == "f" and array.dtype != target:
+        with np.errstate(over="ignore"):
+            converted = array.astype(target)
+        # JSON cannot carry NaN or Infinity, so a non-finite value here is an overflow of the target type.
+        if count and not np.isfinite(converted).all():
+            raise BadRequest(f"input {name!r}: values out of range for {binding.datatype}")
+        return converted.reshape(shape)
     return array.astype(target, copy=False).reshape(shape)
 
 
@@ -232,6 +239,9 @@ def _decode_binary(
             f"input {binding.name!r}: shape {list(shape)} of {binding.datatype} needs {expected} bytes, "
             f"binary_data_size is {len(chunk)}"
         )
+    if binding.datatype == "BOOL" and count and np.frombuffer(chunk, dtype=np.uint8).max() > 1:
+        # Any other byte is not a valid bool: numpy, orjson and onnxruntime kernels disagree about it.
+        raise BadRequest(f"input {binding.name!r}: BOOL elements must be the bytes 0 or 1")
     return np.frombuffer(chunk, dtype=binding.dtype, count=count).reshape(shape)
 
 
@@ -287,16 +297,22 @@ def _requested_outputs(model: LoadedModel, requested: Any, binary_default: bool)
 
 def classify(array: np.ndarray, top_k: int, labels: tuple[str, ...] | None) -> np.ndarray:
     """Triton's classification extension: the top-k of the last axis as "score:index[:label]" strings."""
-    if array.ndim == 0:
-        raise BadRequest("classification needs an output with at least one dimension")
+    if array.ndim == 0 or array.shape[-1] == 0:
+        raise BadRequest("classification needs an output whose last dimension is not empty")
     scores = array.reshape(-1, array.shape[-1])
+    if scores.dtype.kind == "b":
+        scores = scores.view(np.uint8)
     k = min(top_k, scores.shape[-1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    # Compare in the output's own datatype (negating would wrap unsigned and INT64-min values). Reversing
+    # a stable ascending sort puts the highest first; among ties, the higher index first.
+    top = np.argsort(scores, axis=1, kind="stable")[:, ::-1][:, :k]
+    integral = scores.dtype.kind in "iu"
     rows = []
     for row_scores, row_top in zip(scores, top, strict=True):
         for index in row_top:
             label = f":{labels[index]}" if labels is not None and index < len(labels) else ""
-            rows.append(f"{float(row_scores[index]):g}:{int(index)}{label}")
+            value = int(row_scores[index]) if integral else f"{float(row_scores[index]):g}"
+            rows.append(f"{value}:{int(index)}{label}")
     result = np.empty(len(rows), dtype=object)
     result[:] = rows
     return result.reshape((*array.shape[:-1], k))

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from modelship.blobs import BlobNotFound, BlobStore, BlobTooLarge, open_blob_store
+from modelship.blobs import BlobNotFound, BlobStore, BlobTooLarge, open_blob_store, read_regular_file
 from modelship.errors import Conflict, IntegrityError, InvalidModel, ModelUnavailable, NotFound
 from modelship.manifest import MAX_MANIFEST_BYTES, Manifest
 from modelship.names import MAX_VERSION, MODEL_NAME_PATTERN, validate_model_name
@@ -22,6 +22,7 @@ MODELS_PREFIX: Final = "models"
 MODEL_FILE: Final = "model.onnx"
 MANIFEST_FILE: Final = "manifest.json"
 DEFAULT_MAX_MODEL_BYTES: Final = 512 * 1024 * 1024
+PUSH_ATTEMPTS: Final = 5
 
 
 def model_key(name: str, version: int) -> str:
@@ -135,16 +136,18 @@ class ModelRepository:
         if path is None:
             return None
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path, manifest.size)
         except OSError:
             return None
         try:
-            verify_bytes(data, manifest)
+            if data is not None:
+                verify_bytes(data, manifest)
+                return data
         except IntegrityError:
-            logger.warning("discarding corrupted cache entry %s", path)
-            path.unlink(missing_ok=True)
-            return None
-        return data
+            pass
+        logger.warning("discarding corrupted cache entry %s", path)
+        path.unlink(missing_ok=True)
+        return None
 
     def _write_cache(self, manifest: Manifest, data: bytes) -> None:
         path = self._cache_path(manifest)
@@ -176,14 +179,42 @@ class ModelRepository:
             raise InvalidModel(f"{model_path} is {size} bytes, over the {self.max_model_bytes}-byte limit")
         data = model_path.read_bytes()
         manifest = describe_model(data, name, version or 1, labels)
-        if version is None:
+        if version is not None:
+            if version in self.versions(name):
+                raise Conflict(
+                    f"{name} version {version} already exists in {self.uri}; versions are immutable"
+                )
+            self._publish(manifest, data)
+            return manifest
+        # Next version number; if a concurrent push takes it first, move on to the one after.
+        for _ in range(PUSH_ATTEMPTS):
             existing = self.versions(name)
             manifest = _with_version(manifest, existing[-1] + 1 if existing else 1)
-        elif version in self.versions(name):
-            raise Conflict(f"{name} version {version} already exists in {self.uri}; versions are immutable")
-        self.blobs.write(model_key(name, manifest.version), data)
-        self.blobs.write(manifest_key(name, manifest.version), manifest.dumps(), exclusive=True)
-        return manifest
+            try:
+                self._publish(manifest, data)
+                return manifest
+            except Conflict:
+                continue
+        raise Conflict(f"{name}: gave up after {PUSH_ATTEMPTS} versions were taken by concurrent pushes")
+
+    def _publish(self, manifest: Manifest, data: bytes) -> None:
+        """Both writes are exclusive, so nothing ever overwrites a version another push has written."""
+        name, version = manifest.name, manifest.version
+        try:
+            self.blobs.write(model_key(name, version), data, exclusive=True)
+        except Conflict:
+            # Another push of this version is under way or died before its manifest. Identical bytes
+            # are harmless (a retry); different ones must not be published under this version.
+            try:
+                current = self.blobs.read(model_key(name, version), len(data))
+            except (BlobNotFound, BlobTooLarge):
+                current = None
+            if current != data:
+                raise Conflict(
+                    f"{self.uri}/{model_key(name, version)} already holds other bytes: another push of "
+                    f"{name} version {version} is under way or failed half-way; push another version"
+                ) from None
+        self.blobs.write(manifest_key(name, version), manifest.dumps(), exclusive=True)
 
 
 def verify_bytes(data: bytes, manifest: Manifest) -> None:

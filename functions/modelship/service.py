@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import orjson
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from modelship import SERVER_NAME, __version__
 from modelship.config import Settings
@@ -43,6 +43,9 @@ PLATFORM: Final = "onnxruntime_onnx"
 JSON: Final = "application/json"
 OCTET_STREAM: Final = "application/octet-stream"
 _INTERNAL_ERROR: Final = b'{"error":"internal server error"}'
+# What onnxruntime raises for inputs that passed signature validation but that the graph cannot take
+# (e.g. two dynamic "batch" dimensions given different sizes): the request's fault, not the server's.
+_REJECTED_INPUT_ERRORS: Final = (InvalidArgument, RuntimeException, Fail)
 
 
 @dataclass(slots=True)
@@ -133,6 +136,12 @@ class ModelManager:
         self._latest[name] = (version, now)
         return version
 
+    def unload(self, name: str) -> int:
+        """Drop every loaded version of ``name``; the next request loads it again. Returns how many."""
+        validate_model_name(name)
+        self._latest.pop(name, None)
+        return len(self.cache.remove(name))
+
     def _load(self, name: str, version: int) -> LoadedModel:
         key = (name, version)
         with self._locks_guard:
@@ -154,6 +163,9 @@ class ModelManager:
                 logger.error("model %s v%s unavailable: %s", name, version, error.message)
                 raise
             except NotFound:
+                # No lock is kept for what does not exist: requests for random names must not grow memory.
+                with self._locks_guard:
+                    self._locks.pop(key, None)
                 raise
             except Exception as error:
                 message = f"{name} version {version} cannot be loaded: {first_line(error)}"
@@ -223,6 +235,9 @@ class InferenceService:
         if head == "repository" and rest[1:] == ["index"]:
             _allow(method, "POST")
             return self._repository_index(body)
+        if head == "repository" and len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload"):
+            _allow(method, "POST")
+            return self._repository_control(rest[2], rest[3])
         raise NotFound(f"no route for {path[:200]!r}")
 
     def _model_route(self, method: str, rest: list[str], headers: Mapping[str, str], body: bytes) -> Response:
@@ -264,7 +279,10 @@ class InferenceService:
         started = time.perf_counter()
         try:
             results = model.run(call.output_names, call.feeds)
-        except InvalidArgument as error:
+        except _REJECTED_INPUT_ERRORS as error:
+            logger.warning(
+                "onnxruntime rejected a request for %s v%s: %s", name, model.version, first_line(error)
+            )
             raise BadRequest(f"onnxruntime rejected the input: {first_line(error)}") from None
         self.observer.inference_done(model, time.perf_counter() - started)
         payload, json_length = encode_infer_response(model, call, results)
@@ -273,6 +291,10 @@ class InferenceService:
         return Response(200, payload, OCTET_STREAM, json_length)
 
     def _health(self, which: str) -> Response:
+        if which == "ready" and self.preload_errors:
+            # Retry what failed (at most once per failure_retry_seconds per model, see ModelManager), so a
+            # store outage at init does not leave this server unready for good.
+            self.preload()
         if which == "live" or not self.preload_errors:
             return json_response(200, {"live" if which == "live" else "ready": True})
         return json_response(503, {"ready": False, "error": f"models not loaded: {self.preload_errors}"})
@@ -293,6 +315,14 @@ class InferenceService:
         if manifest.labels is not None:
             document["parameters"] = {"labels": list(manifest.labels)}
         return json_response(200, document)
+
+    def _repository_control(self, name: str, action: str) -> Response:
+        """Triton's model repository extension: load (the latest version) or unload a model."""
+        if action == "load":
+            self.models.get(name, None)
+        else:
+            self.models.unload(name)
+        return json_response(200, {})
 
     def _repository_index(self, body: bytes) -> Response:
         ready_only = False
@@ -324,5 +354,7 @@ class InferenceService:
 
 
 def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise MethodNotAllowed(f"{method} is not allowed here; use {allowed}", (allowed,))
+    # HEAD is GET without a body; the doors drop the body.
+    if method != allowed and not (method == "HEAD" and allowed == "GET"):
+        methods = ("GET", "HEAD") if allowed == "GET" else (allowed,)
+        raise MethodNotAllowed(f"{method} is not allowed here; use {allowed}", methods)

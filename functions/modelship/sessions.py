@@ -180,6 +180,13 @@ class SessionCache:
             logger.info("evicted %s v%s to stay within the session memory budget", old.name, old.version)
         return evicted
 
+    def remove(self, name: str) -> list[LoadedModel]:
+        with self._lock:
+            removed = [model for key, model in self._models.items() if key[0] == name]
+            for model in removed:
+                del self._models[(model.name, model.version)]
+        return removed
+
     def used_bytes(self) -> int:
         return sum(model.memory_estimate for model in self._models.values())
 

@@ -198,3 +198,62 @@ def test_cli_sends_api_key_header(tmp_path: Path) -> None:
     recorder.server_close()
     assert seen == ["s3cr3t"]
     assert completed.returncode == 1 and "HTTP 403: stop here" in completed.stderr
+
+
+def raw_exchange(server: RunningServer, request: bytes, read_timeout: float = 5.0) -> bytes:
+    """Send bytes exactly as given and read until the server closes or goes quiet."""
+    import socket
+
+    with socket.create_connection(host_port(server), timeout=read_timeout) as connection:
+        connection.sendall(request)
+        chunks = []
+        try:
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def test_non_ascii_content_length_is_400(server: RunningServer) -> None:
+    reply = raw_exchange(server, "POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: ²\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 400") and b"Content-Length" in reply
+
+
+def test_conflicting_content_lengths_are_refused_not_smuggled(server: RunningServer) -> None:
+    smuggled = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = (
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: "
+        + str(2 + len(smuggled)).encode()
+        + b"\r\n\r\n{}"
+        + smuggled
+    )
+    reply = raw_exchange(server, request)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert reply.count(b"HTTP/1.1 ") == 1, "the bytes after the first body must not be served as a request"
+
+
+def test_expect_100_continue_refuses_an_oversized_body_first(server: RunningServer) -> None:
+    request = (
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n"
+    )
+    reply = raw_exchange(server, request)
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert b"100 Continue" not in reply
+
+
+def test_http_1_0_keep_alive_is_acknowledged(server: RunningServer) -> None:
+    reply = raw_exchange(
+        server, b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", read_timeout=1.0
+    )
+    assert reply.startswith(b"HTTP/1.1 200") and b"Connection: keep-alive" in reply
+
+
+def test_head_has_headers_and_no_body(server: RunningServer) -> None:
+    connection = http.client.HTTPConnection(*host_port(server), timeout=10)
+    connection.request("HEAD", "/v2/health/live")
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.read() == b""
+    connection.request("GET", "/v2/health/live")
+    assert orjson.loads(connection.getresponse().read()) == {"live": True}

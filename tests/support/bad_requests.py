@@ -30,6 +30,9 @@ def _iris(inputs: list[Any], **extra: object) -> bytes:
     return orjson.dumps({"inputs": inputs, **extra})
 
 
+_BOOL_HEADER = orjson.dumps(
+    {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}}]}
+)
 GOOD_INPUT: dict[str, Any] = {
     "name": "input",
     "shape": [1, 4],
@@ -100,6 +103,40 @@ BAD_REQUESTS = [
         "/v2/models/identity_int8/infer",
         orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT8", "data": [1, 2, 300]}]}),
         message="out of range",
+    ),
+    BadRequestCase(
+        "mismatched-dynamic-dimensions",
+        "/v2/models/add_sub/infer",
+        orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "a", "shape": [2, 4], "datatype": "FP32", "data": [1.0] * 8},
+                    {"name": "b", "shape": [3, 4], "datatype": "FP32", "data": [1.0] * 12},
+                ]
+            }
+        ),
+        message="onnxruntime rejected the input",
+    ),
+    BadRequestCase(
+        "float-overflows-fp16",
+        "/v2/models/identity_fp16/infer",
+        orjson.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP16", "data": [1e5, -1e5, 1]}]}
+        ),
+        message="out of range",
+    ),
+    BadRequestCase(
+        "float-overflows-fp32",
+        IRIS,
+        _iris([{**GOOD_INPUT, "data": [1e39, 1, 1, 1]}]),
+        message="out of range",
+    ),
+    BadRequestCase(
+        "binary-bool-not-0-or-1",
+        "/v2/models/identity_bool/infer",
+        _BOOL_HEADER + b"\x02\x00\x01",
+        headers={"Inference-Header-Content-Length": str(len(_BOOL_HEADER))},
+        message="BOOL elements must be the bytes 0 or 1",
     ),
     BadRequestCase(
         "body-over-size-cap",

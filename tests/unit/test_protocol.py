@@ -138,3 +138,30 @@ def test_manifest_records_the_producer(iris_model: tuple[bytes, list[str]], tmp_
     path.write_bytes(iris_model[0])
     manifest = ModelRepository.open(str(tmp_path / "store")).push(path, "iris")
     assert manifest.producer == {"name": "modelship", "version": "1"}
+
+
+@pytest.mark.parametrize(
+    "values,expected_top",
+    [
+        (np.array([[0, 7, 255]], np.uint8), "255:2"),
+        (np.array([[-(2**63), 0, 5]], np.int64), "5:2"),
+        (np.array([[2**64 - 1, 1, 0]], np.uint64), "18446744073709551615:0"),
+        (np.array([[False, True, False]]), "1:1"),
+        (np.array([[0.25, -3.5, 0.5]], np.float16), "0.5:2"),
+        (np.array([[123456789, 5, 6]], np.int32), "123456789:0"),
+    ],
+)
+def test_classification_ranks_in_the_outputs_own_datatype(values: np.ndarray, expected_top: str) -> None:
+    from modelship.protocol import classify
+
+    assert classify(values, 1, None)[0, 0] == expected_top
+
+
+def test_classification_needs_a_non_empty_last_axis() -> None:
+    from modelship.errors import BadRequest
+    from modelship.protocol import classify
+
+    with pytest.raises(BadRequest, match="last dimension"):
+        classify(np.zeros((1, 0), np.float32), 1, None)
+    with pytest.raises(BadRequest, match="last dimension"):
+        classify(np.array(1.0, np.float32), 1, None)
