@@ -23,7 +23,8 @@ def validate_model_name(name: str) -> str:
 
 def parse_version(text: str) -> int:
     """A version from a URL or the command line: a positive decimal integer."""
-    if not text.isascii() or not text.isdigit() or len(text) > 10:
+    # No leading zeros: "01" and "1" must not be two spellings of one version.
+    if not text.isascii() or not text.isdigit() or len(text) > 10 or text.startswith("0"):
         raise BadRequest(f"invalid model version {text[:32]!r}: versions are positive integers")
     version = int(text)
     if not 1 <= version <= MAX_VERSION:

@@ -39,7 +39,7 @@ def test_parses_versions(text: str, expected: int) -> None:
     assert parse_version(text) == expected
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "1.5", "", "abc", "2147483648", "99999999999", "٣"])
+@pytest.mark.parametrize("text", ["0", "01", "-1", "1.5", "", "abc", "2147483648", "99999999999", "٣"])
 def test_rejects_invalid_versions(text: str) -> None:
     with pytest.raises(BadRequest, match="invalid model version"):
         parse_version(text)
