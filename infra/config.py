@@ -83,7 +83,8 @@ class DeployConfig:
         config = cls(
             stage=stage,
             architecture=reader.choice("architecture", cls.architecture, ("arm64", "x86_64")),
-            memory_mb=reader.integer("memory", cls.memory_mb, low=128, high=10240),
+            # Below 512 MB, numpy and onnxruntime alone leave no room for a model.
+            memory_mb=reader.integer("memory", cls.memory_mb, low=512, high=10240),
             timeout_seconds=reader.integer(
                 "timeout", cls.timeout_seconds, low=1, high=API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS - 1
             ),

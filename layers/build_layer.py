@@ -517,6 +517,8 @@ def build_layer(
                 cached=False,
             )
             _check_budget(artifact)
+            # NamedTemporaryFile creates 0600; the zip is an ordinary build output others may read.
+            partial_zip.chmod(0o644)
             partial_zip.replace(zip_path)
         finally:
             partial_zip.unlink(missing_ok=True)

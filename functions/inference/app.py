@@ -53,6 +53,10 @@ class PowertoolsObserver:
 
 service = InferenceService.from_settings(Settings.from_env(), PowertoolsObserver())
 service.preload()
+if service.settings.preload and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+    # Publish the preload's ModelLoadTime now, once: left buffered, it would be inside the snapshot and
+    # every restored environment would publish it again.
+    metrics.flush_metrics()
 
 
 # Powertools writes the ColdStart metric even with POWERTOOLS_METRICS_DISABLED (as `modelship serve` sets).

@@ -16,9 +16,12 @@ from typing import Any, Final
 
 from modelship.errors import Conflict, ModelUnavailable
 
-S3_CONNECT_TIMEOUT_SECONDS: Final = 3.0
-S3_READ_TIMEOUT_SECONDS: Final = 20.0
-S3_MAX_ATTEMPTS: Final = 4
+# Worst case (1 + 4) s x 3 attempts plus backoff stays under the function's 20 s timeout, so a stalled
+# S3 gives the caller a 503 from us rather than a bare 502 from API Gateway. The read timeout bounds
+# each socket read, not a whole download, so large models are not affected.
+S3_CONNECT_TIMEOUT_SECONDS: Final = 1.0
+S3_READ_TIMEOUT_SECONDS: Final = 4.0
+S3_MAX_ATTEMPTS: Final = 3
 
 
 class BlobNotFound(Exception):

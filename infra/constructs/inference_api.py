@@ -89,6 +89,8 @@ class InferenceApi(Construct):
         self.rest_api = apigw.RestApi(
             self,
             "RestApi",
+            # API Gateway metrics (and so the alarms) are keyed by API name: it must be unique per stage.
+            rest_api_name=f"modelship-{props.stage_name}",
             description="modelship: Open Inference Protocol (KServe v2) over HTTPS",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             binary_media_types=list(BINARY_MEDIA_TYPES),

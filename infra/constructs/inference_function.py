@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Annotations, Duration, RemovalPolicy
+from aws_cdk import Annotations, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -61,6 +61,9 @@ class InferenceFunction(Construct):
 
         environment = {
             "MODELSHIP_STORE": f"s3://{props.model_bucket.bucket_name}",
+            # Half the function's memory for loaded sessions; the rest is the runtime, numpy, onnxruntime's
+            # arenas and request/response copies. The cache evicts before Lambda runs out of memory.
+            "MODELSHIP_SESSION_MEMORY_MB": str(props.memory_mb // 2),
             "POWERTOOLS_SERVICE_NAME": "modelship",
             "POWERTOOLS_METRICS_NAMESPACE": "Modelship",
             "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -152,11 +155,15 @@ class InferenceFunction(Construct):
                 resources=[self.log_group.log_group_arn],
             )
         )
+        # The bucket is named, not owned: should a retained bucket be deleted and its name taken by
+        # another account, s3:ResourceAccount keeps the function from reading that account's "models".
+        same_account = {"s3:ResourceAccount": Stack.of(self).account}
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="ReadModels",
                 actions=["s3:GetObject"],
                 resources=[self.models_objects_arn(bucket)],
+                conditions={"StringEquals": same_account},
             )
         )
         role.add_to_policy(
@@ -165,7 +172,7 @@ class InferenceFunction(Construct):
                 actions=["s3:ListBucket"],
                 resources=[bucket.bucket_arn],
                 # Listing is allowed only for keys under models/ (resolving "latest", `modelship list`).
-                conditions={"StringLike": {"s3:prefix": [f"{MODELS_PREFIX}*"]}},
+                conditions={"StringLike": {"s3:prefix": [f"{MODELS_PREFIX}*"]}, "StringEquals": same_account},
             )
         )
         return role

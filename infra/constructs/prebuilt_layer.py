@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
+
+from infra.config import ConfigError
 
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13
 
@@ -14,6 +17,25 @@ LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13
 def lambda_architecture(name: str) -> lambda_.Architecture:
     """The CDK architecture for the names used in context and by the layer builder."""
     return {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}[name]
+
+
+# ELF e_machine values of the shared objects in a layer.
+_ELF_MACHINES = {62: "x86_64", 183: "arm64"}
+
+
+def elf_architectures(zip_path: Path) -> set[str]:
+    """The architectures of the shared objects inside a layer zip (empty for pure-Python layers)."""
+    found: set[str] = set()
+    with zipfile.ZipFile(zip_path) as archive:
+        for entry in archive.infolist():
+            if ".so" not in entry.filename.rsplit("/", 1)[-1]:
+                continue
+            with archive.open(entry) as handle:
+                header = handle.read(20)
+            if header[:4] == b"\x7fELF":
+                machine = int.from_bytes(header[18:20], "little")
+                found.add(_ELF_MACHINES.get(machine, f"e_machine {machine}"))
+    return found
 
 
 class PrebuiltLayer(Construct):
@@ -29,6 +51,13 @@ class PrebuiltLayer(Construct):
         super().__init__(scope, construct_id)
         if not zip_path.is_file():
             raise FileNotFoundError(f"layer zip {zip_path} does not exist; build it with `make layer`")
+        # A layer built for the other architecture deploys fine and fails every cold start: refuse it here.
+        foreign = elf_architectures(zip_path) - {architecture}
+        if foreign:
+            raise ConfigError(
+                f"layer zip {zip_path} holds {sorted(foreign)} code, but the function is {architecture}; "
+                f"build it with `make layer ARCH={architecture}`"
+            )
         self.sha256 = hashlib.sha256(zip_path.read_bytes()).hexdigest()
         self.layer_version = lambda_.LayerVersion(
             self,

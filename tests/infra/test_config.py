@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_cdk_keys_and_feature_flags_are_ignored() -> None:
         ("architecture", "aarch64", "must be one of arm64, x86_64"),
         ("timeout", "29", "between 1 and 28"),
         ("timeout", "0", "between 1 and 28"),
-        ("memory", "64", "between 128 and 10240"),
+        ("memory", "256", "between 512 and 10240"),
         ("memory", "lots", "must be an integer"),
         ("memory", True, "must be an integer"),
         ("auth", "cognito", "must be one of iam, api_key"),
@@ -130,3 +131,18 @@ def test_synth_reports_bad_context_before_building_anything() -> None:
 
     with pytest.raises(ConfigError, match="architecture"):
         build_app({"architecture": "sparc"})
+
+
+def test_a_layer_built_for_the_other_architecture_is_refused(
+    tmp_path: Path, make_app: Callable[..., object]
+) -> None:
+    """An x86_64 layer on an arm64 function deploys fine and fails every cold start: refuse it at synth."""
+    import zipfile
+
+    x86_layer = tmp_path / "onnx-x86_64.zip"
+    elf_header = b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (62).to_bytes(2, "little") + b"\0" * 44
+    with zipfile.ZipFile(x86_layer, "w") as archive:
+        archive.writestr("python/onnxruntime/capi/onnxruntime_pybind11_state.so", elf_header)
+    with pytest.raises(ConfigError, match=r"holds \['x86_64'\] code, but the function is arm64"):
+        make_app(architecture="arm64", onnx_layer_zip=str(x86_layer))
+    make_app(architecture="x86_64", onnx_layer_zip=str(x86_layer))

@@ -79,6 +79,7 @@ def test_function_environment_points_at_the_model_store(api_template: Template) 
     assert variables["POWERTOOLS_SERVICE_NAME"] == "modelship"
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "Modelship"
     assert variables["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
+    assert variables["MODELSHIP_SESSION_MEMORY_MB"] == "1024"  # half of the default 2048 MB
     assert "MODELSHIP_PRELOAD" not in variables
 
 
@@ -162,13 +163,17 @@ def test_function_role_has_exactly_the_expected_statements(api_template: Templat
             "Effect": "Allow",
             "Action": "s3:GetObject",
             "Resource": bucket_arn("/models/*"),
+            "Condition": {"StringEquals": {"s3:ResourceAccount": {"Ref": "AWS::AccountId"}}},
         },
         {
             "Sid": "ListModels",
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": bucket_arn(),
-            "Condition": {"StringLike": {"s3:prefix": ["models/*"]}},
+            "Condition": {
+                "StringLike": {"s3:prefix": ["models/*"]},
+                "StringEquals": {"s3:ResourceAccount": {"Ref": "AWS::AccountId"}},
+            },
         },
         {"Effect": "Allow", "Action": ["xray:PutTelemetryRecords", "xray:PutTraceSegments"], "Resource": "*"},
     ]
@@ -192,6 +197,8 @@ def test_rest_api_is_regional_and_treats_every_type_as_binary(api_template: Temp
         {
             "BinaryMediaTypes": ["*/*", "application/octet-stream"],
             "EndpointConfiguration": {"Types": ["REGIONAL"]},
+            # Unique per stage: API Gateway metrics, and so the alarms, are keyed by API name.
+            "Name": "modelship-prod",
         },
     )
 
@@ -324,6 +331,8 @@ def test_alarms_cover_errors_latency_and_throttles(api_template: Template) -> No
     assert alarms["5XXError"]["Threshold"] == 0.05
     dimension_names = {d["Name"] for d in alarms["5XXError"]["Dimensions"]}
     assert dimension_names == {"ApiName", "Stage"}
+    api_name = next(d["Value"] for d in alarms["5XXError"]["Dimensions"] if d["Name"] == "ApiName")
+    assert api_name == "modelship-prod"
     assert alarms["Latency"]["ExtendedStatistic"] == "p99"
     assert alarms["Latency"]["Threshold"] == 3000
     assert alarms["Duration"]["ExtendedStatistic"] == "p99"
