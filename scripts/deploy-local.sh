@@ -14,6 +14,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"
+# shellcheck source=scripts/lib/bounded.sh
+source "${ROOT}/scripts/lib/bounded.sh"
 
 STATE_DIR="${LOCALSTACK_STATE_DIR:-${ROOT}/.localstack}"
 PORT="${LOCALSTACK_PORT:-4566}"
@@ -65,7 +67,7 @@ started_all="$(now_ms)"
 
 step="$(now_ms)"
 log "building the Lambda layers for ${ARCH} (cached)"
-timeout "${COMMAND_TIMEOUT}" "${PY}" layers/build_layer.py --arch "${ARCH}" >&2
+bounded "${COMMAND_TIMEOUT}" "${PY}" layers/build_layer.py --arch "${ARCH}" >&2
 LAYER_DIR="${ROOT}/layers/build/${ARCH}"
 log "layers ready in $(elapsed "${step}")"
 
@@ -100,7 +102,7 @@ PYTHON
 
 step="$(now_ms)"
 log "cdklocal bootstrap"
-timeout "${COMMAND_TIMEOUT}" "${CDKLOCAL}" bootstrap "aws://000000000000/us-east-1" "${CONTEXT[@]}" \
+bounded "${COMMAND_TIMEOUT}" "${CDKLOCAL}" bootstrap "aws://000000000000/us-east-1" "${CONTEXT[@]}" \
   "${CDK_OPTIONS[@]}" >&2
 log "bootstrapped in $(elapsed "${step}")"
 
@@ -111,7 +113,7 @@ log "bootstrapped in $(elapsed "${step}")"
 if stack_exists "${API_STACK}"; then
   step="$(now_ms)"
   log "replacing ${API_STACK}: cdklocal destroy first (LocalStack cannot update it in place)"
-  if ! timeout "${COMMAND_TIMEOUT}" "${CDKLOCAL}" destroy "${API_STACK}" "${CONTEXT[@]}" "${CDK_OPTIONS[@]}" \
+  if ! bounded "${COMMAND_TIMEOUT}" "${CDKLOCAL}" destroy "${API_STACK}" "${CONTEXT[@]}" "${CDK_OPTIONS[@]}" \
     --force >&2; then
     log "LocalStack could not delete ${API_STACK}; start from a clean LocalStack (it keeps no state):"
     log "  make localstack-down localstack-up deploy-local"
@@ -122,7 +124,7 @@ fi
 
 step="$(now_ms)"
 log "cdklocal deploy ${STACKS[*]}"
-timeout "${COMMAND_TIMEOUT}" "${CDKLOCAL}" deploy "${STACKS[@]}" "${CONTEXT[@]}" "${CDK_OPTIONS[@]}" \
+bounded "${COMMAND_TIMEOUT}" "${CDKLOCAL}" deploy "${STACKS[@]}" "${CONTEXT[@]}" "${CDK_OPTIONS[@]}" \
   --require-approval never --outputs-file "${OUTPUTS_FILE}" >&2
 deploy_ms="$(($(now_ms) - step))"
 log "deployed in ${deploy_ms}ms"

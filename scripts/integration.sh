@@ -13,6 +13,8 @@ STATE_DIR="${LOCALSTACK_STATE_DIR:-${ROOT}/.localstack}"
 PYTEST_TIMEOUT="${INTEGRATION_TIMEOUT:-1800}"
 
 log() { printf 'integration: %s\n' "$*" >&2; }
+# shellcheck source=scripts/lib/bounded.sh
+source "${ROOT}/scripts/lib/bounded.sh"
 
 bash scripts/localstack.sh down || { log "could not stop a previous LocalStack"; exit 1; }
 trap 'bash scripts/localstack.sh down || true' EXIT
@@ -25,9 +27,9 @@ export MODELSHIP_LOCALSTACK_START_MS
 log "LocalStack up in ${MODELSHIP_LOCALSTACK_START_MS}ms"
 
 started="$(date +%s)"
-MODELSHIP_REQUIRE_LOCALSTACK=1 timeout --kill-after=30 "${PYTEST_TIMEOUT}" \
-  "${ROOT}/.venv/bin/pytest" tests/integration -m localstack -p no:cacheprovider "$@"
-status=$?
+status=0
+MODELSHIP_REQUIRE_LOCALSTACK=1 bounded "${PYTEST_TIMEOUT}" \
+  "${ROOT}/.venv/bin/pytest" tests/integration -m localstack -p no:cacheprovider "$@" || status=$?
 log "pytest finished in $(($(date +%s) - started))s with status ${status}"
 case "${status}" in
   5) log "no LocalStack tests were collected; they must exist"; status=1 ;;

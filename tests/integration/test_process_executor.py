@@ -12,11 +12,13 @@ import base64
 import contextlib
 import io
 import json
+import os
 import platform
 import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +54,21 @@ def handler(event, context):
     if action == "sleep":
         time.sleep(event["seconds"])
     if action == "exit":
+        os._exit(3)
+    if action == "stubborn_sleep":
+        # Ignores Lambda's shutdown signal and would answer late: only a hard kill stops it.
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(event["seconds"])
+        return {"stale": True}
+    if action == "sleep_echo":
+        time.sleep(event["seconds"])
+        return {"echo": event["value"]}
+    if action == "spawn_exit":
+        import subprocess
+        child = subprocess.Popen(["sleep", "300"])
+        with open(event["pid_file"], "w") as file:
+            file.write(str(child.pid))
         os._exit(3)
     return {
         "pid": INIT_PID,
@@ -168,6 +185,39 @@ def test_timeout_is_enforced_and_the_environment_reinitialised(function_name: st
     assert error is None
     assert after["pid"] != before["pid"] and after["invocations"] == 1
     assert "Init Duration:" in logs
+
+
+def test_a_timed_out_handler_cannot_answer_a_later_invocation(function_name: str) -> None:
+    payload, error, _, _ = invoke(function_name, {"action": "stubborn_sleep", "seconds": TIMEOUT_SECONDS + 1})
+    assert error == "Unhandled" and payload["errorType"] == "Sandbox.Timedout"
+    # Had the timed-out process survived, its late {"stale": true} would land during this invocation.
+    payload, error, _, _ = invoke(function_name, {"action": "sleep_echo", "seconds": 1.5, "value": "second"})
+    assert error is None and payload == {"echo": "second"}
+    payload, error, _, _ = invoke(function_name, {"action": "sleep_echo", "seconds": 0, "value": "third"})
+    assert error is None and payload == {"echo": "third"}
+
+
+def test_a_crash_leaves_no_processes_behind(function_name: str, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    payload, error, _, _ = invoke(function_name, {"action": "spawn_exit", "pid_file": str(pid_file)})
+    assert error == "Unhandled" and payload["errorType"] == "Runtime.ExitError"
+    child_pid = int(pid_file.read_text())
+    _, error, _, _ = invoke(function_name, {"action": "info"})
+    assert error is None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and process_exists(child_pid):
+        time.sleep(0.1)
+    assert not process_exists(child_pid), "the crashed handler's child outlived its environment"
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0) until its parent reaps it; a zombie is dead for our purpose.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
 
 
 def test_crashed_environment_fails_the_invocation_and_restarts(function_name: str) -> None:

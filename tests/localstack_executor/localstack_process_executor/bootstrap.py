@@ -302,12 +302,17 @@ def run_invocation(
         report += f"\tInit Duration: {init_duration_ms:.2f} ms"
     capture.write_line(f"END RequestId: {request_id}")
     capture.write_line(report)
-    # LocalStack attaches the logs it last received to the result, so they must go first.
-    endpoint.logs(request_id, capture.take_through(report))
-    if failure is not None:
-        endpoint.error(request_id, failure)
-    else:
-        endpoint.response(request_id, result_body or b"null")
+    # LocalStack attaches the logs it last received to the result, so they must go first. A post that
+    # fails (LocalStack busy, or the invocation already answered by a timeout) loses that answer, not the
+    # environment: report it and keep serving, as Lambda's runtime client does.
+    try:
+        endpoint.logs(request_id, capture.take_through(report))
+        if failure is not None:
+            endpoint.error(request_id, failure)
+        else:
+            endpoint.response(request_id, result_body or b"null")
+    except OSError as error:  # urllib's HTTPError and URLError are OSErrors
+        print(f"[WARN] could not report invocation {request_id} to LocalStack: {error}", file=sys.__stderr__)
 
 
 def main() -> int:

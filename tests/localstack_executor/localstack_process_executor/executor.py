@@ -262,6 +262,9 @@ class ProcessRuntimeExecutor(RuntimeExecutor):  # type: ignore[misc]
             if self.stopping or process is not self.process:
                 return
             self.pid_file.unlink(missing_ok=True)
+        # Whatever the crashed handler started must not outlive its environment (the re-initialised
+        # one replaces self.process, so stop() would never reach this group again).
+        signal_group(process.pid, signal.SIGKILL)
         reason = f"signal {-exit_code}" if exit_code < 0 else f"exit status {exit_code}"
         message = f"Runtime exited with error: {reason}"
         startup = self.executor_endpoint.startup_future
@@ -347,14 +350,26 @@ class ProcessRuntimeExecutor(RuntimeExecutor):  # type: ignore[misc]
     def _time_out(
         self, process: subprocess.Popen[bytes], request_id: str, timeout: float, log_offset: int
     ) -> None:
-        """Answer the invocation with Lambda's timeout error, then kill the environment.
+        """Kill the environment, then answer the invocation with Lambda's timeout error.
 
-        Killing from outside is what makes the timeout hold for a handler blocked in native code;
-        the next invocation re-initialises the environment.
+        Killing from outside is what makes the timeout hold for a handler blocked in native code. The
+        kill comes first and is SIGKILL, as Lambda's sandbox teardown: a timed-out handler that kept
+        running could otherwise post its late answer while the next invocation is current, and
+        LocalStack would hand it to that invocation. The next invocation re-initialises the environment.
         """
         invocation = self.executor_endpoint.invocation_future
         if invocation is None or invocation.done():
             return  # answered just in time
+        with self.lifecycle_lock:
+            if process is self.process:
+                self.pid_file.unlink(missing_ok=True)
+                # The exit watcher must not report this exit: mark the process as replaced.
+                self.process = None
+        signal_group(process.pid, signal.SIGKILL)
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            LOG.warning("Lambda environment %s (pid %s) did not die after SIGKILL", self.id, process.pid)
         timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         message = f"{timestamp} {request_id} Task timed out after {timeout:.2f} seconds"
         LOG.info("Lambda environment %s: %s", self.id, message)
@@ -362,15 +377,7 @@ class ProcessRuntimeExecutor(RuntimeExecutor):  # type: ignore[misc]
         result = InvocationResult(
             request_id, error_payload("Sandbox.Timedout", message), is_error=True, logs=logs
         )
-        # Answer before the kill so that the exit watcher finds the invocation already answered.
-        if not set_future(invocation, result=result):
-            return
-        with self.lifecycle_lock:
-            if process is self.process:
-                self.pid_file.unlink(missing_ok=True)
-                # The watcher must not report this exit: mark the process as replaced.
-                self.process = None
-        self._terminate(process)
+        set_future(invocation, result=result)
 
     # --- addresses -----------------------------------------------------------------------------
 
