@@ -167,6 +167,8 @@ cmd_up() {
       DISABLE_EVENTS=1 \
       PERSISTENCE=0 \
       CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES=1 \
+      NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,${NO_PROXY}}" \
+      no_proxy="127.0.0.1,localhost${no_proxy:+,${no_proxy}}" \
       setsid "${VENV}/bin/python" -m localstack.runtime.main
   ) </dev/null >>"${LOG_FILE}" 2>&1 &
   pid=$!

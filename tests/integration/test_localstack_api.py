@@ -297,9 +297,10 @@ def test_corrupted_store_warm_keeps_serving_cold_fails_closed(
     assert warm.status == 200, warm.body[:500]
     assert_matches(outputs_by_name(warm.json()), expected)
 
-    # A configuration change retires every environment, as in Lambda. The fresh cache folder makes
-    # sure the new environment cannot fall back on the verified copy the old one cached: on this
-    # host, unlike in Lambda, /tmp is shared between environments.
+    # A configuration change, published as a new version behind the alias, means new environments, as
+    # in Lambda (the old version's environments are not stopped, only no longer called). The fresh cache
+    # folder makes sure the new environment cannot fall back on the verified copy the old one cached:
+    # on this host, unlike in Lambda, /tmp is shared between environments.
     force_new_environments(
         deployment, {"MODELSHIP_CACHE_DIR": str(STATE_DIR / f"cache-{uuid.uuid4().hex[:8]}")}
     )
