@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ import numpy as np
 import orjson
 
 from modelship.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
+from modelship.wire import decode_bytes_elements, encode_bytes_elements
 
 _EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
-_LENGTH_PREFIX = struct.Struct("<I")
 
 
 class ClientError(Exception):
@@ -98,7 +97,7 @@ def encode_request(
         datatype = datatypes[name]
         entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
         if binary:
-            raw = _string_bytes(array) if datatype == BYTES else np.ascontiguousarray(array).tobytes()
+            raw = encode_bytes_elements(array) if datatype == BYTES else np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -134,7 +133,7 @@ def decode_response(body: bytes, header_length: str | None) -> dict[str, Any]:
         raw = body[offset : offset + size]
         offset += size
         if output["datatype"] == BYTES:
-            output["data"] = _parse_strings(raw)
+            output["data"] = [item.decode("utf-8", "replace") for item in decode_bytes_elements(raw)]
         else:
             output["data"] = np.frombuffer(raw, dtype=NUMPY_DTYPE_BY_DATATYPE[output["datatype"]])
         output["parameters"].pop("binary_data_size")
@@ -157,24 +156,6 @@ def format_response(document: dict[str, Any]) -> str:
     )
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
-
-
-def _string_bytes(array: np.ndarray) -> bytes:
-    parts = []
-    for item in array.ravel():
-        encoded = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts += [_LENGTH_PREFIX.pack(len(encoded)), encoded]
-    return b"".join(parts)
-
-
-def _parse_strings(raw: bytes) -> list[str]:
-    items, position = [], 0
-    while position < len(raw):
-        (length,) = _LENGTH_PREFIX.unpack_from(raw, position)
-        position += 4
-        items.append(raw[position : position + length].decode("utf-8", "replace"))
-        position += length
-    return items
 
 
 def parse_input_value(value: str, datatype: str, expected_rank: int) -> np.ndarray:

@@ -43,10 +43,6 @@ DATATYPE_BY_ORT_TYPE: Final[dict[str, str]] = {
     "tensor(string)": BYTES,
 }
 
-_DATATYPE_BY_NUMPY_KIND: Final[dict[str, str]] = {
-    np.dtype(dtype).str: datatype for datatype, dtype in NUMPY_DTYPE_BY_DATATYPE.items() if datatype != BYTES
-}
-
 
 def datatype_from_ort_type(ort_type: str, tensor_name: str) -> str:
     try:
@@ -55,15 +51,3 @@ def datatype_from_ort_type(ort_type: str, tensor_name: str) -> str:
         raise InvalidModel(
             f"tensor {tensor_name!r} has type {ort_type}, which the Open Inference Protocol cannot carry"
         ) from None
-
-
-def datatype_from_numpy(dtype: np.dtype[np.generic]) -> str:
-    """The protocol datatype for an array, used by clients building requests from numpy."""
-    if dtype.kind in "OUS":
-        return BYTES
-    datatype = _DATATYPE_BY_NUMPY_KIND.get(
-        dtype.newbyteorder("<").str if dtype.byteorder == ">" else dtype.str
-    )
-    if datatype is None:
-        raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
-    return datatype

@@ -7,7 +7,6 @@ zero-copy ``np.frombuffer`` views into the request body.
 
 from __future__ import annotations
 
-import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any, Final
@@ -18,6 +17,7 @@ import orjson
 from modelship.datatypes import BYTES
 from modelship.errors import BadRequest
 from modelship.sessions import InputBinding, LoadedModel
+from modelship.wire import MalformedBytesTensor, decode_bytes_elements, encode_bytes_elements
 
 # An overflowing cast is reported to the client as a 400 (see _decode_json); numpy's warning about it
 # would only add a stray line to the logs. A filter costs nothing per request, unlike np.errstate.
@@ -28,7 +28,6 @@ warnings.filterwarnings(
 MAX_DIMENSION: Final = 2**31 - 1
 MAX_ELEMENTS: Final = 2**31 - 1
 HEADER_LENGTH_HEADER: Final = "inference-header-content-length"
-_LENGTH_PREFIX: Final = struct.Struct("<I")
 
 _INT_LIMITS: Final = {
     kind: np.iinfo(kind) for kind in ("<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8")
@@ -252,21 +251,12 @@ def _decode_binary(
 
 
 def _decode_binary_strings(name: str, chunk: memoryview, shape: tuple[int, ...], count: int) -> np.ndarray:
-    items: list[str] = []
-    position = 0
-    raw = chunk.tobytes()
-    while position < len(raw):
-        if position + 4 > len(raw):
-            raise BadRequest(f"input {name!r}: truncated BYTES element length")
-        (length,) = _LENGTH_PREFIX.unpack_from(raw, position)
-        position += 4
-        if position + length > len(raw):
-            raise BadRequest(f"input {name!r}: BYTES element runs past binary_data_size")
-        try:
-            items.append(raw[position : position + length].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise BadRequest(f"input {name!r}: BYTES element is not valid UTF-8") from None
-        position += length
+    try:
+        items = [item.decode("utf-8") for item in decode_bytes_elements(chunk.tobytes())]
+    except MalformedBytesTensor as error:
+        raise BadRequest(f"input {name!r}: {error}") from None
+    except UnicodeDecodeError:
+        raise BadRequest(f"input {name!r}: BYTES element is not valid UTF-8") from None
     if len(items) != count:
         raise BadRequest(f"input {name!r}: shape {list(shape)} needs {count} elements, data has {len(items)}")
     array = np.empty(count, dtype=object)
@@ -330,15 +320,6 @@ def _strings(array: np.ndarray) -> list[str]:
     ]
 
 
-def _string_bytes(array: np.ndarray) -> bytes:
-    parts = []
-    for item in array.ravel():
-        encoded = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts.append(_LENGTH_PREFIX.pack(len(encoded)))
-        parts.append(encoded)
-    return b"".join(parts)
-
-
 def encode_infer_response(
     model: LoadedModel, call: InferenceCall, results: list[np.ndarray]
 ) -> tuple[bytes, int | None]:
@@ -353,7 +334,7 @@ def encode_infer_response(
         entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": array.shape}
         if output.binary:
             if datatype == BYTES:
-                raw: bytes | memoryview = _string_bytes(array)
+                raw: bytes | memoryview = encode_bytes_elements(array)
             else:
                 raw = np.ascontiguousarray(array).data.cast("B")
             entry["parameters"] = {"binary_data_size": len(raw)}
