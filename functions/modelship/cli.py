@@ -47,6 +47,8 @@ def _read_labels(path: Path) -> list[str]:
 def command_push(args: argparse.Namespace) -> int:
     from modelship.repository import ModelRepository
 
+    if not args.model.is_file():
+        raise SystemExit(f"error: {args.model} is not a file")
     repository = ModelRepository.open(args.store)
     labels = _read_labels(args.labels) if args.labels else None
     print(f"validating {args.model} with onnxruntime and pushing to {repository.uri} ...", file=sys.stderr)
@@ -278,6 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        # S3 stores: missing credentials, access denied, no such bucket. botocore is imported only
+        # for s3:// stores, so it is recognised by module rather than imported here.
+        if type(error).__module__.startswith("botocore"):
+            print(f"error: S3: {error}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
 

@@ -217,3 +217,18 @@ def test_push_rejects_bad_name_without_touching_s3(moto_server: str, tmp_path: P
     )
     assert completed.returncode == 2
     assert "invalid model name" in completed.stderr
+
+
+def test_cli_reports_s3_failures_without_a_traceback(tmp_path: Path) -> None:
+    # Nothing listens on port 9 of loopback: the store cannot be reached.
+    env = moto_env("http://127.0.0.1:9")
+    completed = subprocess.run(
+        modelship_command("list", "--store", "s3://unreachable"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("error: S3: Could not connect")
+    assert "Traceback" not in completed.stderr
