@@ -45,8 +45,10 @@ def _read_labels(path: Path) -> list[str]:
 
 
 def command_push(args: argparse.Namespace) -> int:
+    from modelship.names import validate_model_name
     from modelship.repository import ModelRepository
 
+    validate_model_name(args.name)  # before any I/O, the file included
     if not args.model.is_file():
         raise SystemExit(f"error: {args.model} is not a file")
     repository = ModelRepository.open(args.store)
