@@ -190,7 +190,7 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
         try:
             self.connection.settimeout(LINGER_SECONDS)
             while remaining > 0 and time.monotonic() < deadline:
-                chunk = self.rfile.read1(min(remaining, 1 << 16)) if hasattr(self.rfile, "read1") else b""
+                chunk = self.rfile.read1(min(remaining, 1 << 16))
                 if not chunk:
                     break
                 remaining -= len(chunk)

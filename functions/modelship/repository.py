@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -189,7 +190,7 @@ class ModelRepository:
         # Next version number; if a concurrent push takes it first, move on to the one after.
         for _ in range(PUSH_ATTEMPTS):
             existing = self.versions(name)
-            manifest = _with_version(manifest, existing[-1] + 1 if existing else 1)
+            manifest = replace(manifest, version=existing[-1] + 1 if existing else 1)
             try:
                 self._publish(manifest, data)
                 return manifest
@@ -256,9 +257,3 @@ def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] |
         producer=producer,
         opset=opset,
     )
-
-
-def _with_version(manifest: Manifest, version: int) -> Manifest:
-    from dataclasses import replace
-
-    return replace(manifest, version=version)

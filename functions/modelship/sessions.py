@@ -15,7 +15,7 @@ import onnxruntime as ort
 from modelship.cpu import intra_op_threads, is_cpu_constrained
 from modelship.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
 from modelship.errors import ModelUnavailable
-from modelship.manifest import Manifest, TensorSpec
+from modelship.manifest import Manifest
 from modelship.signature import tensor_specs
 
 logger = logging.getLogger(__name__)
@@ -102,10 +102,6 @@ def _int_limits(dtype: np.dtype[Any]) -> tuple[int, int] | None:
     return int(info.min), int(info.max)
 
 
-def _signature_matches(declared: tuple[TensorSpec, ...], actual: tuple[TensorSpec, ...]) -> bool:
-    return declared == actual
-
-
 def load_model(manifest: Manifest, verified_bytes: bytes, threads: int | None = None) -> LoadedModel:
     """Create a session from bytes whose sha256 has already been checked, and warm it up."""
     started = time.perf_counter()
@@ -117,10 +113,7 @@ def load_model(manifest: Manifest, verified_bytes: bytes, threads: int | None = 
         ) from None
     actual_inputs = tensor_specs(session.get_inputs())
     actual_outputs = tensor_specs(session.get_outputs())
-    if not (
-        _signature_matches(manifest.inputs, actual_inputs)
-        and _signature_matches(manifest.outputs, actual_outputs)
-    ):
+    if (manifest.inputs, manifest.outputs) != (actual_inputs, actual_outputs):
         raise ModelUnavailable(
             f"{manifest.name} version {manifest.version}: the graph's signature differs from its manifest"
         )
