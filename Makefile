@@ -34,10 +34,10 @@ serve: venv ## Serve the bundled default model (or STORE=...) on http://$(HOST):
 test: venv node ## Run the whole test suite: lint, types, unit, functional, infra, edge, integration
 	bash scripts/test.sh all
 
-test-fast: venv ## Unit and functional tests only
+test-fast: venv ## Unit and functional tests, without those marked slow or network
 	bash scripts/test.sh fast
 
-lint: venv ## ruff and mypy (strict on the core)
+lint: venv ## ruff, mypy (strict on modelship) and the import contracts (lint-imports)
 	bash scripts/test.sh lint
 
 integration: venv node ## LocalStack integration tests: fresh LocalStack, deploy, test, tear down

@@ -42,8 +42,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "functions"))
-    from modelship.default_model import ensure_default_model
-    from modelship.repository import ModelRepository
+    from modelship.core.default_model import ensure_default_model
+    from modelship.core.repository import ModelRepository
 
     store = tempfile.mkdtemp(prefix="modelship-cold-")
     ensure_default_model(ModelRepository.open(store), Path(store) / "scratch")

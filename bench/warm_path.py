@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pybase64
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functions"))
@@ -82,47 +81,17 @@ def interleaved_medians(functions: list[Callable[[], Any]], repeat: int) -> list
     return [statistics.median(times) * 1e6 for times in samples]
 
 
-def json_event(name: str, array: np.ndarray) -> dict[str, Any]:
-    body = orjson.dumps(
-        {
-            "inputs": [
-                {"name": "x", "shape": list(array.shape), "datatype": "FP32", "data": array.ravel().tolist()}
-            ]
-        }
-    )
+def proxy_event(name: str, array: np.ndarray, *, binary: bool) -> dict[str, Any]:
+    """The API Gateway event for one request, encoded by modelship's own client."""
+    from modelship.tools.client import encode_request
+
+    body, headers = encode_request({"x": array}, {"x": "FP32"}, binary=binary, outputs=None)
     return {
         "httpMethod": "POST",
         "path": f"/v2/models/{name}/infer",
-        "headers": {},
-        "body": body.decode(),
-        "isBase64Encoded": False,
-        "requestContext": {"requestId": "bench"},
-    }
-
-
-def binary_event(name: str, array: np.ndarray) -> dict[str, Any]:
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": list(array.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": array.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    )
-    return {
-        "httpMethod": "POST",
-        "path": f"/v2/models/{name}/infer",
-        "headers": {
-            "Inference-Header-Content-Length": str(len(header)),
-            "Content-Type": "application/octet-stream",
-        },
-        "body": pybase64.b64encode(header + array.tobytes()).decode(),
-        "isBase64Encoded": True,
+        "headers": headers,
+        "body": pybase64.b64encode(body).decode() if binary else body.decode(),
+        "isBase64Encoded": binary,
         "requestContext": {"requestId": "bench"},
     }
 
@@ -141,7 +110,7 @@ def main() -> None:
         }
     )
     os.environ.setdefault("MODELSHIP_INTRA_OP_THREADS", "1")
-    from modelship.repository import ModelRepository
+    from modelship.core.repository import ModelRepository
 
     repository = ModelRepository.open(store)
     for name, data in (("tiny", tiny_model()), ("mlp", mlp_model())):
@@ -152,17 +121,17 @@ def main() -> None:
         from contextlib import redirect_stdout
 
     from inference import app
-    from modelship.apigw import handle_event
-    from modelship.config import Settings
-    from modelship.httpserver import LocalLambdaContext
-    from modelship.service import InferenceService
+    from modelship.core.service import InferenceService
+    from modelship.core.settings import Settings
+    from modelship.doors.apigw import handle_event
+    from modelship.doors.local_http import LocalLambdaContext
 
     # The core columns use a service without the Powertools observer, so they show the core alone. It
     # shares the handler's loaded models: one session per model, so every column runs the same weights
     # (two copies of a 16 MB model would evict each other from the CPU caches and skew the comparison).
     service = InferenceService.from_settings(Settings.from_env())
     for name in ("tiny", "mlp"):
-        service.models.cache.put(app.service.models.get(name, None))
+        service.lifecycle.cache.put(app.service.lifecycle.get(name, None))
     context = LocalLambdaContext()
     sink = Path(os.devnull).open("w")  # noqa: SIM115 - open for the whole run
     print(
@@ -174,10 +143,11 @@ def main() -> None:
     redirect = redirect_stdout(sink)
     redirect.__enter__()
     for name, batch, repeat in (("tiny", 1, args.repeat), ("mlp", 32, max(50, args.repeat // 30))):
-        model = service.models.get(name, None)
+        model = service.lifecycle.get(name, None)
         width = model.manifest.inputs[0].shape[-1]
         array = np.random.default_rng(1).standard_normal((batch, width)).astype(np.float32)
-        for mode, event in (("json", json_event(name, array)), ("binary", binary_event(name, array))):
+        for mode in ("json", "binary"):
+            event = proxy_event(name, array, binary=mode == "binary")
             body = (
                 event["body"].encode() if not event["isBase64Encoded"] else pybase64.b64decode(event["body"])
             )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, tier by tier:  scripts/test.sh [all|fast|lint|unit|functional|infra|edge|integration]
 #   all   = lint, unit, functional, infra, edge, then integration (LocalStack up, deploy, test, down)
-#   fast  = unit and functional
+#   fast  = unit and functional, without the tests marked slow or network
 # Every tier runs even if an earlier one failed; the exit status is non-zero if any failed, and the
 # last line sums up every pytest run ("N passed, N failed, N skipped").
 set -uo pipefail
@@ -42,7 +42,9 @@ lint() {
   "${VENV}/bin/ruff" check . || status=1
   "${VENV}/bin/ruff" format --check . || status=1
   # The core is strict (see [tool.mypy.overrides] in pyproject.toml); the rest is checked normally.
-  "${VENV}/bin/mypy" functions bench tests infra layers || status=1
+  "${VENV}/bin/mypy" functions bench tests infra layers scripts || status=1
+  # The architecture: the import contracts in pyproject.toml ([tool.importlinter]).
+  "${VENV}/bin/lint-imports" --no-cache || status=1
   [ "${status}" -eq 0 ] || failed_tiers+=("lint")
 }
 
@@ -74,8 +76,8 @@ case "${tier}" in
   edge) pytest_tier edge tests/edge ;;
   integration) integration ;;
   fast)
-    pytest_tier unit tests/unit
-    pytest_tier functional tests/functional
+    pytest_tier unit tests/unit -m "not slow and not network"
+    pytest_tier functional tests/functional -m "not slow and not network"
     ;;
   all)
     lint

@@ -4,10 +4,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from modelship.config import Settings
-from modelship.default_model import build_iris_model
-from modelship.repository import ModelRepository
-from modelship.service import InferenceService
+from modelship.core.default_model import build_iris_model
+from modelship.core.repository import ModelRepository
+from modelship.core.service import InferenceService
+from modelship.core.settings import Settings
 
 from tests.support.models import SAMPLE_BY_DATATYPE, add_sub_model, identity_model, write_model
 

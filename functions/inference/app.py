@@ -1,7 +1,9 @@
 """The Lambda door: an API Gateway REST proxy event in, a proxy result out.
 
-Everything that is not Lambda glue lives in ``modelship``. Module-level init builds the service and
-preloads ``MODELSHIP_PRELOAD`` once per execution environment (and before a SnapStart snapshot).
+Everything that is not Lambda glue lives in ``modelship.core`` (the inference core) and
+``modelship.doors.apigw`` (the event translation, which the local door shares). Module-level init builds
+the service and preloads ``MODELSHIP_PRELOAD`` once per execution environment (and before a
+SnapStart snapshot).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from modelship.apigw import handle_event
-from modelship.config import Settings
-from modelship.service import InferenceService
-from modelship.sessions import LoadedModel
+from modelship.core.identity import METRICS_NAMESPACE, SERVICE_NAME
+from modelship.core.service import InferenceService
+from modelship.core.sessions import LoadedModel
+from modelship.core.settings import Settings
+from modelship.doors.apigw import handle_event
 
 # Defaults so a function deployed without the POWERTOOLS_* variables still logs and publishes metrics.
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "modelship")
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Modelship")
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE_NAME)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or METRICS_NAMESPACE)
 # The core logs through the standard "modelship" loggers; give them Powertools' JSON format, so their
 # lines carry the request's correlation id too.
 copy_config_to_registered_loggers(source_logger=logger, include={"modelship"})
@@ -59,7 +62,7 @@ if service.settings.preload and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE")
     metrics.flush_metrics()
 
 
-# Powertools writes the ColdStart metric even with POWERTOOLS_METRICS_DISABLED (as `modelship serve` sets).
+# Powertools writes the ColdStart metric even with POWERTOOLS_METRICS_DISABLED.
 @metrics.log_metrics(capture_cold_start_metric=not _env_flag("POWERTOOLS_METRICS_DISABLED"))
 def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle_event(service, event)

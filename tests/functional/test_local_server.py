@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import tritonclient.http as triton
 
 from tests.support.bad_requests import BAD_REQUESTS, BadRequestCase
 from tests.support.models import add_sub_model
-from tests.support.processes import RunningServer, modelship_command, running_server
+from tests.support.processes import RunningServer, run_modelship, running_server
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +77,8 @@ def test_tritonclient_metadata_and_repository(server: RunningServer) -> None:
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_cli_infer(server: RunningServer, binary: bool) -> None:
-    command = modelship_command(
-        "infer", "--url", server.url, "--model", "iris", "--input", "input=[[6.7,3.0,5.2,2.3]]"
-    )
-    if binary:
-        command.append("--binary")
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    arguments = ["infer", "--url", server.url, "--model", "iris", "--input", "input=[[6.7,3.0,5.2,2.3]]"]
+    completed = run_modelship(*arguments, *(["--binary"] if binary else []), timeout=60, check=True)
     document = json.loads(completed.stdout)
     outputs = {output["name"]: output for output in document["outputs"]}
     assert outputs["label"]["data"] == [2]
@@ -91,8 +86,9 @@ def test_cli_infer(server: RunningServer, binary: bool) -> None:
 
 
 def test_cli_infer_reports_errors(server: RunningServer) -> None:
-    command = modelship_command("infer", "--url", server.url, "--model", "nosuch", "--input", "x=[1]")
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    completed = run_modelship(
+        "infer", "--url", server.url, "--model", "nosuch", "--input", "x=[1]", timeout=60
+    )
     assert completed.returncode == 1
     assert "404" in completed.stderr and "not in the store" in completed.stderr
     assert "Traceback" not in completed.stderr
@@ -190,10 +186,18 @@ def test_cli_sends_api_key_header(tmp_path: Path) -> None:
     thread = threading.Thread(target=recorder.handle_request, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{recorder.server_address[1]}"
-    command = modelship_command(
-        "infer", "--url", url, "--model", "iris", "--input", "input=[1,2,3,4]", "--api-key", "s3cr3t"
+    completed = run_modelship(
+        "infer",
+        "--url",
+        url,
+        "--model",
+        "iris",
+        "--input",
+        "input=[1,2,3,4]",
+        "--api-key",
+        "s3cr3t",
+        timeout=60,
     )
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=60)
     thread.join(timeout=10)
     recorder.server_close()
     assert seen == ["s3cr3t"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,16 +12,17 @@ import boto3
 import numpy as np
 import orjson
 import pytest
-from modelship.blobs import S3BlobStore
-from modelship.config import Settings
-from modelship.errors import Conflict, IntegrityError
-from modelship.repository import ModelRepository
-from modelship.service import InferenceService
+from modelship.core.blobs import S3BlobStore
+from modelship.core.errors import Conflict, IntegrityError
+from modelship.core.repository import ModelRepository
+from modelship.core.service import InferenceService
+from modelship.core.settings import Settings
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
+from tests.support.clock import FakeClock
 from tests.support.models import identity_model, write_model
-from tests.support.processes import free_port, modelship_command, running_server
+from tests.support.processes import free_port, run_modelship, running_server
 
 BUCKET = "modelship-models"
 INFER = orjson.dumps(
@@ -69,6 +69,37 @@ def test_push_list_and_layout(s3: object, repository: ModelRepository, tmp_path:
     assert repository.list_models() == {"m": [1, 2]}
     with pytest.raises(Conflict):
         repository.push(path, "m", version=2)
+
+
+def test_metadata_within_the_version_poll_window_makes_no_s3_call(s3: object, tmp_path: Path) -> None:
+    """`modelship infer` reads metadata before every request: it must not list the bucket each time."""
+    client = boto3.client("s3", region_name="us-east-1")
+    calls: list[str] = []
+    client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    repository = ModelRepository(S3BlobStore(BUCKET, "prod", client), cache_dir=tmp_path / "cache")
+    repository.push(write_model(tmp_path, "m", identity_model("FP32")), "m")
+    clock = FakeClock()
+    settings = Settings(store_uri=repository.uri, version_poll_seconds=60)
+    service = InferenceService(repository, settings, clock=clock)
+    calls.clear()
+
+    first = service.handle("GET", "/v2/models/m", {}, b"")
+    assert first.status == 200 and orjson.loads(first.body)["versions"] == ["1"]
+    assert calls.count("ListObjectsV2") == 1, calls
+    calls.clear()
+    clock.advance(59)
+    for method, path, body in [
+        ("GET", "/v2/models/m", b""),
+        ("GET", "/v2/models/m/versions/1", b""),
+        ("GET", "/v2/models/m/ready", b""),
+        ("POST", "/v2/models/m/infer", INFER),
+    ]:
+        assert service.handle(method, path, {}, body).status == 200, path
+    assert calls == [], "no S3 call within the version-poll window"
+
+    clock.advance(1)
+    assert service.handle("GET", "/v2/models/m", {}, b"").status == 200
+    assert calls == ["ListObjectsV2"], "listed again once the window has passed"
 
 
 def test_conditional_write_refuses_a_racing_manifest(s3: object, repository: ModelRepository) -> None:
@@ -158,12 +189,15 @@ def test_cli_push_list_and_serve_over_real_s3(moto_server: str, tmp_path: Path) 
     labels = tmp_path / "labels.txt"
     labels.write_text("first\nsecond\nthird\n")
     store = "s3://cli-bucket/team-a"
-    pushed = subprocess.run(
-        modelship_command(
-            "push", str(model), "--name", "identity", "--store", store, "--labels", str(labels)
-        ),
-        capture_output=True,
-        text=True,
+    pushed = run_modelship(
+        "push",
+        str(model),
+        "--name",
+        "identity",
+        "--store",
+        store,
+        "--labels",
+        str(labels),
         env=env,
         timeout=120,
         check=True,
@@ -171,30 +205,19 @@ def test_cli_push_list_and_serve_over_real_s3(moto_server: str, tmp_path: Path) 
     manifest = json.loads(pushed.stdout)
     assert manifest["name"] == "identity" and manifest["version"] == 1
     assert manifest["labels"] == ["first", "second", "third"]
-    listed = subprocess.run(
-        modelship_command("list", "--store", store, "--json"),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=True,
-    )
+    listed = run_modelship("list", "--store", store, "--json", env=env, timeout=60, check=True)
     assert json.loads(listed.stdout) == {"identity": [1]}
 
     with running_server(["--store", store, "--preload", "identity"], tmp_path, env=env) as server:
-        inferred = subprocess.run(
-            modelship_command(
-                "infer",
-                "--url",
-                server.url,
-                "--model",
-                "identity",
-                "--input",
-                "x=[[1.5,2.5,3.5]]",
-                "--binary",
-            ),
-            capture_output=True,
-            text=True,
+        inferred = run_modelship(
+            "infer",
+            "--url",
+            server.url,
+            "--model",
+            "identity",
+            "--input",
+            "x=[[1.5,2.5,3.5]]",
+            "--binary",
             env=env,
             timeout=60,
             check=True,
@@ -206,12 +229,13 @@ def test_cli_push_list_and_serve_over_real_s3(moto_server: str, tmp_path: Path) 
 
 def test_push_rejects_bad_name_without_touching_s3(moto_server: str, tmp_path: Path) -> None:
     env = moto_env(moto_server)
-    completed = subprocess.run(
-        modelship_command(
-            "push", str(tmp_path / "x.onnx"), "--name", "../../etc", "--store", "s3://cli-bucket"
-        ),
-        capture_output=True,
-        text=True,
+    completed = run_modelship(
+        "push",
+        str(tmp_path / "x.onnx"),
+        "--name",
+        "../../etc",
+        "--store",
+        "s3://cli-bucket",
         env=env,
         timeout=60,
     )
@@ -222,13 +246,7 @@ def test_push_rejects_bad_name_without_touching_s3(moto_server: str, tmp_path: P
 def test_cli_reports_s3_failures_without_a_traceback(tmp_path: Path) -> None:
     # Nothing listens on port 9 of loopback: the store cannot be reached.
     env = moto_env("http://127.0.0.1:9")
-    completed = subprocess.run(
-        modelship_command("list", "--store", "s3://unreachable"),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    completed = run_modelship("list", "--store", "s3://unreachable", env=env, timeout=120)
     assert completed.returncode == 1
     assert completed.stderr.startswith("error: S3: Could not connect")
     assert "Traceback" not in completed.stderr

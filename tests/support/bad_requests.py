@@ -24,6 +24,15 @@ class BadRequestCase:
     headers: dict[str, str] = field(default_factory=dict)
     # A fragment the error message must contain, so the error is the right one, not any 4xx.
     message: str = ""
+    # False where API Gateway itself answers (a path outside the API's /v2 resource), so the case
+    # never reaches the function behind it.
+    reaches_the_function: bool = True
+
+    @property
+    def model(self) -> str | None:
+        """The model the path names, if any."""
+        parts = self.path.split("/")
+        return parts[3] if len(parts) > 3 and parts[1:3] == ["v2", "models"] else None
 
 
 def _iris(inputs: list[Any], **extra: object) -> bytes:
@@ -32,6 +41,10 @@ def _iris(inputs: list[Any], **extra: object) -> bytes:
 
 _BOOL_HEADER = orjson.dumps(
     {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}}]}
+)
+# iris's input declared as 12 binary bytes, where [1, 4] FP32 needs 16.
+_BINARY_12_BYTES_HEADER = _iris(
+    [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 12}}]
 )
 GOOD_INPUT: dict[str, Any] = {
     "name": "input",
@@ -183,26 +196,8 @@ BAD_REQUESTS = [
     BadRequestCase(
         "binary-size-mismatch",
         IRIS,
-        _iris(
-            [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 12}}]
-        )
-        + b"\0" * 12,
-        headers={
-            "Inference-Header-Content-Length": str(
-                len(
-                    _iris(
-                        [
-                            {
-                                "name": "input",
-                                "shape": [1, 4],
-                                "datatype": "FP32",
-                                "parameters": {"binary_data_size": 12},
-                            }
-                        ]
-                    )
-                )
-            )
-        },
+        _BINARY_12_BYTES_HEADER + b"\0" * 12,
+        headers={"Inference-Header-Content-Length": str(len(_BINARY_12_BYTES_HEADER))},
         message="needs 16 bytes",
     ),
     BadRequestCase(
@@ -215,7 +210,12 @@ BAD_REQUESTS = [
     ),
     BadRequestCase("unknown-route", "/v2/nothing/here", method="GET", status=404, message="no route"),
     BadRequestCase(
-        "outside-v2", "/v1/models/iris:predict", _iris([GOOD_INPUT]), status=404, message="no route"
+        "outside-v2",
+        "/v1/models/iris:predict",
+        _iris([GOOD_INPUT]),
+        status=404,
+        message="no route",
+        reaches_the_function=False,
     ),
     BadRequestCase("wrong-method-infer", IRIS, method="GET", status=405, message="use POST"),
     BadRequestCase("wrong-method-health", "/v2/health/live", method="DELETE", status=405, message="use GET"),
@@ -223,3 +223,21 @@ BAD_REQUESTS = [
         "model-not-loadable", "/v2/models/broken/infer", _iris([GOOD_INPUT]), status=503, message="sha256"
     ),
 ]
+
+
+# Models that only the unit and functional tiers' store holds (tests/conftest.py: populated_store).
+FIXTURE_ONLY_MODELS = frozenset(
+    {"add_sub", "broken", *(f"identity_{datatype}" for datatype in ("int8", "fp16", "bool"))}
+)
+
+
+def cases_for_deployment(max_body_bytes: int) -> list[BadRequestCase]:
+    """The cases a deployment that holds only the default model can answer through API Gateway: no
+    fixture-only models, nothing API Gateway answers itself, no body over what the gateway passes on."""
+    return [
+        case
+        for case in BAD_REQUESTS
+        if case.model not in FIXTURE_ONLY_MODELS
+        and case.reaches_the_function
+        and len(case.body) <= max_body_bytes
+    ]

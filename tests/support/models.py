@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from modelship.core.default_model import softmax_classifier
 from onnx import GraphProto, TensorProto, helper
 
 # onnx 1.23 writes IR version 14 by default; onnxruntime 1.31 reads up to 13.
@@ -82,3 +83,11 @@ def write_model(directory: Path, name: str, data: bytes) -> Path:
     path = directory / f"{name}.onnx"
     path.write_bytes(data)
     return path
+
+
+def random_classifier(seed: int, features: int = 4, classes: int = 3) -> bytes:
+    """A classifier with iris's signature but its own weights, so that its answers differ from iris's."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(features, classes)).astype(np.float32)
+    bias = rng.normal(size=(classes,)).astype(np.float32)
+    return softmax_classifier(weights, bias, name=f"classifier_{seed}")

@@ -25,7 +25,21 @@ def free_port() -> int:
 
 
 def modelship_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "modelship.cli", *args]
+    return [sys.executable, "-m", "modelship.tools.cli", *args]
+
+
+def run_modelship(
+    *args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """The ``modelship`` command as a user runs it, with ``env`` on top of this process's environment."""
+    return subprocess.run(
+        modelship_command(*args),
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
 
 
 @dataclass

@@ -2,24 +2,16 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from modelship.apigw import handle_event
-from modelship.service import InferenceService
+from modelship.core.service import InferenceService
+from modelship.doors.apigw import handle_event
 
+from tests.support.events import load_event
 from tests.support.oip import binary_request, read_response
-
-EVENTS = Path(__file__).resolve().parents[1] / "events"
-
-
-def load_event(name: str) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads((EVENTS / name).read_text())
-    return event
 
 
 def test_json_event(service: InferenceService) -> None:
@@ -64,11 +56,22 @@ def test_invalid_base64_is_400(service: InferenceService) -> None:
     assert "base64" in orjson.loads(result["body"])["error"]
 
 
-def test_oversized_base64_refused_before_decoding(service: InferenceService) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v2/models/iris/infer"), ("GET", "/v2/models/iris/infer"), ("POST", "/v2/repository/index")],
+)
+def test_oversized_base64_body_gets_the_cores_413(service: InferenceService, method: str, path: str) -> None:
+    """The size rule comes before routing, on every route, as in the local door."""
     event = load_event("infer_json.json")
+    event["httpMethod"], event["path"] = method, path
     event["body"] = "A" * (service.settings.max_request_bytes // 3 * 4 + 8)
     event["isBase64Encoded"] = True
-    assert handle_event(service, event)["statusCode"] == 413
+    result = handle_event(service, event)
+    assert result["statusCode"] == 413
+    limit = service.settings.max_request_bytes
+    assert orjson.loads(result["body"])["error"] == (
+        f"request body of {limit + 6} bytes exceeds the {limit}-byte limit"
+    )
 
 
 @pytest.mark.parametrize(

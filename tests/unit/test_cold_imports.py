@@ -10,8 +10,8 @@ from tests.support.processes import REPO_ROOT
 
 PROBE = """
 import sys
-from modelship.config import Settings
-from modelship.service import InferenceService
+from modelship.core.settings import Settings
+from modelship.core.service import InferenceService
 service = InferenceService.from_settings(Settings(store_uri=sys.argv[1], preload=(("iris", None),)))
 service.preload()
 assert not service.preload_errors, service.preload_errors
@@ -30,3 +30,29 @@ def test_local_store_does_not_import_boto3_or_onnx(populated_store: Path) -> Non
         check=True,
     )
     assert completed.stdout.strip() == ""
+
+
+OVERFLOW_PROBE = """
+import sys
+from modelship.core.service import InferenceService
+from modelship.core.settings import Settings
+service = InferenceService.from_settings(Settings(store_uri=sys.argv[1]))
+body = b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP16", "data": [1e5, -1e5, 1]}]}'
+response = service.handle("POST", "/v2/models/identity_fp16/infer", {}, body)
+print(response.status)
+"""
+
+
+def test_numpys_overflow_warning_is_answered_not_logged(populated_store: Path) -> None:
+    """An overflowing cast is a 400 for the client; the core's own filter keeps numpy's warning out of
+    the logs. Run outside pytest, whose filterwarnings setting would hide a filter that no longer
+    matches the module, with every warning an error."""
+    completed = subprocess.run(
+        [sys.executable, "-W", "error", "-c", OVERFLOW_PROBE, str(populated_store)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT / "functions",
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "400"

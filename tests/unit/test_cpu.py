@@ -4,7 +4,8 @@ import os
 from pathlib import Path
 
 import pytest
-from modelship import cpu
+from modelship.core import cpu
+from modelship.core.settings import Settings
 
 
 def test_cgroup_v2_quota(tmp_path: Path) -> None:
@@ -27,7 +28,6 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
 def test_lambda_share_limits_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu, "_affinity_cpus", lambda: 2)
     monkeypatch.setattr(cpu, "cgroup_quota_cpus", lambda: None)
-    monkeypatch.delenv(cpu.THREADS_ENV, raising=False)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
     assert cpu.intra_op_threads() == 1
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "3538")
@@ -40,7 +40,6 @@ def test_quota_smaller_than_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu, "_affinity_cpus", lambda: 8)
     monkeypatch.setattr(cpu, "cgroup_quota_cpus", lambda: 2.5)
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", raising=False)
-    monkeypatch.delenv(cpu.THREADS_ENV, raising=False)
     assert cpu.available_cpus() == 2
     assert cpu.is_cpu_constrained()
 
@@ -53,9 +52,11 @@ def test_affinity_not_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu.available_cpus() == 1
 
 
-def test_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cpu.THREADS_ENV, "3")
-    assert cpu.intra_op_threads() == 3
-    monkeypatch.setenv(cpu.THREADS_ENV, "zero")
-    with pytest.raises(ValueError, match=cpu.THREADS_ENV):
-        cpu.intra_op_threads()
+def test_configured_threads_win_and_come_only_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+    assert cpu.intra_op_threads(3) == 3
+    settings = Settings.from_env({"MODELSHIP_INTRA_OP_THREADS": "3"})
+    assert settings.intra_op_threads == 3
+    assert Settings.from_env({}).intra_op_threads is None
+    with pytest.raises(ValueError, match="MODELSHIP_INTRA_OP_THREADS"):
+        Settings.from_env({"MODELSHIP_INTRA_OP_THREADS": "zero"})

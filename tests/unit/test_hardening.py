@@ -8,11 +8,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from modelship import apigw
-from modelship.config import Settings
-from modelship.errors import Conflict
-from modelship.repository import ModelRepository, model_key
-from modelship.service import InferenceService
+from modelship.core.errors import Conflict
+from modelship.core.repository import ModelRepository, model_key
+from modelship.core.service import InferenceService
+from modelship.core.settings import Settings
+from modelship.doors import apigw
 
 from tests.support.models import identity_model, write_model
 
@@ -30,7 +30,7 @@ def test_a_losing_concurrent_push_never_overwrites_the_published_version(
     winner = repository.push(write_model(tmp_path, "b", identity_model("FP32")), "m", version=1)
     loser_bytes = identity_model("FP32", shape=(1, 3))
     # The loser checked "does version 1 exist?" before the winner published, then goes on to write.
-    from modelship.repository import describe_model
+    from modelship.core.repository import describe_model
 
     loser = describe_model(loser_bytes, "m", 1, None)
     with pytest.raises(Conflict, match="already holds other bytes"):
@@ -87,16 +87,16 @@ def test_unknown_models_do_not_grow_memory(repository: ModelRepository, tmp_path
     service = InferenceService(repository, Settings(store_uri=repository.uri))
     for version in range(2, 500):
         assert service.handle("POST", f"/v2/models/m/versions/{version}/infer", {}, INFER_FP32).status == 404
-    assert len(service.models._locks) == 0
+    assert len(service.lifecycle._locks) == 0
 
 
 def test_repository_load_and_unload(repository: ModelRepository, tmp_path: Path) -> None:
     repository.push(write_model(tmp_path, "m", identity_model("FP32")), "m")
     service = InferenceService(repository, Settings(store_uri=repository.uri))
     assert service.handle("POST", "/v2/repository/models/m/load", {}, b"").status == 200
-    assert service.models.cache.get("m", 1) is not None
+    assert service.lifecycle.cache.get("m", 1) is not None
     assert service.handle("POST", "/v2/repository/models/m/unload", {}, b"").status == 200
-    assert service.models.cache.get("m", 1) is None
+    assert service.lifecycle.cache.get("m", 1) is None
     assert service.handle("POST", "/v2/repository/models/nope/load", {}, b"").status == 404
     assert service.handle("GET", "/v2/repository/models/m/load", {}, b"").status == 405
 

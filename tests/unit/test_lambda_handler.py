@@ -13,9 +13,9 @@ from types import ModuleType
 
 import orjson
 import pytest
-from modelship.httpserver import LocalLambdaContext
+from modelship.doors.local_http import LocalLambdaContext
 
-from tests.unit.test_apigw import load_event
+from tests.support.events import load_event
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def app(populated_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_handler_serves_and_emits_emf(capsys: pytest.CaptureFixture[str], app: ModuleType) -> None:
-    assert app.service.models.cache.get("iris", 1) is not None, "MODELSHIP_PRELOAD loads during init"
+    assert app.service.lifecycle.cache.get("iris", 1) is not None, "MODELSHIP_PRELOAD loads during init"
     result = app.handler(load_event("infer_json.json"), LocalLambdaContext())
     assert result["statusCode"] == 200
     assert orjson.loads(result["body"])["id"] == "from-apigw"
@@ -67,4 +67,4 @@ def test_core_logs_carry_the_correlation_id(app: ModuleType) -> None:
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     errors = [line for line in lines if line["level"] == "ERROR"]
     assert errors and errors[0]["correlation_id"] == event["requestContext"]["requestId"]
-    assert errors[0]["name"] == "modelship.service"
+    assert errors[0]["name"] == "modelship.core.lifecycle"

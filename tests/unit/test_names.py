@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from modelship.errors import BadRequest
-from modelship.names import parse_version, validate_model_name
+from modelship.core.errors import BadRequest
+from modelship.core.names import parse_version, validate_model_name
 
 
 @pytest.mark.parametrize("name", ["iris", "a", "ResNet-50_v1.5", "x" * 128, "0model"])

@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
-from modelship.default_model import build_iris_model
-from modelship.service import InferenceService
+from modelship.core.default_model import build_iris_model
+from modelship.core.service import InferenceService
 
 from tests.support.models import SAMPLE_BY_DATATYPE, add_sub_model
 from tests.support.oip import binary_request, json_request, read_response
@@ -132,7 +132,7 @@ def test_zero_batch(service: InferenceService) -> None:
 
 
 def test_manifest_records_the_producer(iris_model: tuple[bytes, list[str]], tmp_path: Path) -> None:
-    from modelship.repository import ModelRepository
+    from modelship.core.repository import ModelRepository
 
     path = tmp_path / "iris.onnx"
     path.write_bytes(iris_model[0])
@@ -152,14 +152,14 @@ def test_manifest_records_the_producer(iris_model: tuple[bytes, list[str]], tmp_
     ],
 )
 def test_classification_ranks_in_the_outputs_own_datatype(values: np.ndarray, expected_top: str) -> None:
-    from modelship.protocol import classify
+    from modelship.core.protocol import classify
 
     assert classify(values, 1, None)[0, 0] == expected_top
 
 
 def test_classification_needs_a_non_empty_last_axis() -> None:
-    from modelship.errors import BadRequest
-    from modelship.protocol import classify
+    from modelship.core.errors import BadRequest
+    from modelship.core.protocol import classify
 
     with pytest.raises(BadRequest, match="last dimension"):
         classify(np.zeros((1, 0), np.float32), 1, None)

@@ -5,12 +5,20 @@ from pathlib import Path
 
 import orjson
 import pytest
-from modelship import sessions
-from modelship.config import Settings
-from modelship.errors import BadRequest, Conflict, IntegrityError, InvalidModel, ModelUnavailable, NotFound
-from modelship.repository import ModelRepository, manifest_key, model_key
-from modelship.service import InferenceService
+from modelship.core import sessions
+from modelship.core.errors import (
+    BadRequest,
+    Conflict,
+    IntegrityError,
+    InvalidModel,
+    ModelUnavailable,
+    NotFound,
+)
+from modelship.core.repository import ModelRepository, manifest_key, model_key
+from modelship.core.service import InferenceService
+from modelship.core.settings import Settings
 
+from tests.support.clock import FakeClock
 from tests.support.models import add_sub_model, identity_model, write_model
 
 
@@ -148,7 +156,7 @@ def test_malformed_manifest_fails_closed(repository: ModelRepository, tmp_path: 
 
 def test_corrupted_cache_entry_is_discarded(tmp_path: Path) -> None:
     # A remote-style repository (with a cache) over local blobs.
-    from modelship.blobs import LocalBlobStore
+    from modelship.core.blobs import LocalBlobStore
 
     repository = ModelRepository(LocalBlobStore(tmp_path / "store"), cache_dir=tmp_path / "cache")
     data = identity_model("FP32")
@@ -175,14 +183,19 @@ def test_failed_load_is_not_retried_within_the_retry_window(
         return real_read(key, max_bytes)
 
     monkeypatch.setattr(repository.blobs, "read", counting_read)
-    service = InferenceService(repository, Settings(store_uri=repository.uri, failure_retry_seconds=60))
+    clock = FakeClock()
+    settings = Settings(store_uri=repository.uri, failure_retry_seconds=60)
+    service = InferenceService(repository, settings, clock=clock)
     for _ in range(5):
         assert service.handle("GET", "/v2/models/m/versions/1", {}, b"").status == 503
     assert len([key for key in reads if key.endswith("model.onnx")]) == 1
 
     # Repaired in the store: still 503 inside the window, served once the window has passed.
     _tamper(tmp_path / "store", "m", 1, original)
+    clock.advance(59)
     assert service.handle("GET", "/v2/models/m/versions/1", {}, b"").status == 503
-    service.settings = Settings(store_uri=repository.uri, failure_retry_seconds=0)
-    service.models.settings = service.settings
+    failure = service.lifecycle.failure("m", 1)
+    assert failure is not None and "sha256" in failure.message and failure.at == 0
+    clock.advance(1)
     assert service.handle("GET", "/v2/models/m/versions/1", {}, b"").status == 200
+    assert service.lifecycle.failure("m", 1) is None

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from modelship.config import Settings
-from modelship.service import InferenceService
+from modelship.core.service import InferenceService
+from modelship.core.settings import Settings
 
 from tests.support.bad_requests import BAD_REQUESTS, GOOD_INPUT, MAX_REQUEST_BYTES, BadRequestCase
 

@@ -1,4 +1,9 @@
-"""Settings read once from the environment, shared by every door."""
+"""Settings: the only reader of ``MODELSHIP_*`` variables, shared by every door.
+
+A door builds ``Settings`` once (``Settings.from_env()``, or explicitly as the CLI does from its flags)
+and passes it in; nothing else in the code base reads these variables. (The layer build's
+``MODELSHIP_PYTHON313`` configures a build tool, not a door: docs/contracts.md.)
+"""
 
 from __future__ import annotations
 
@@ -9,25 +14,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from modelship.names import parse_version, validate_model_name
-from modelship.repository import DEFAULT_MAX_MODEL_BYTES
+from modelship.core.errors import BadRequest
+from modelship.core.names import parse_model_references
 
 # Lambda's synchronous invocation payload limit.
 DEFAULT_MAX_REQUEST_BYTES: Final = 6 * 1024 * 1024
+DEFAULT_MAX_MODEL_BYTES: Final = 512 * 1024 * 1024
 DEFAULT_SESSION_MEMORY_MB: Final = 1024
 DEFAULT_VERSION_POLL_SECONDS: Final = 60.0
 DEFAULT_FAILURE_RETRY_SECONDS: Final = 5.0
 
+STORE_ENV: Final = "MODELSHIP_STORE"
+PRELOAD_ENV: Final = "MODELSHIP_PRELOAD"
+API_KEY_ENV: Final = "MODELSHIP_API_KEY"
 
-def default_cache_dir() -> Path:
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     # $TMPDIR when set (each LocalStack execution environment has its own), else /tmp: Lambda's only
     # writable path. tempfile.gettempdir() would do the same but costs an import at cold start.
-    return Path(os.environ.get("TMPDIR") or "/tmp") / "modelship-cache"  # noqa: S108
+    env = os.environ if environ is None else environ
+    return Path(env.get("TMPDIR") or "/tmp") / "modelship-cache"  # noqa: S108
 
 
 def default_store_path() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "modelship" / "store"
+
+
+def store_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """``$MODELSHIP_STORE``, or None when it is unset or blank."""
+    env = os.environ if environ is None else environ
+    return env.get(STORE_ENV, "").strip() or None
+
+
+def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The API Gateway key that ``modelship infer`` sends by default (``$MODELSHIP_API_KEY``)."""
+    env = os.environ if environ is None else environ
+    return env.get(API_KEY_ENV, "").strip() or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +61,22 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     session_memory_bytes: int = DEFAULT_SESSION_MEMORY_MB * 1024 * 1024
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
-    # How long "the latest version" of a model stays resolved before the store is asked again.
+    # How long the versions of a model stay known before the store is listed again.
     version_poll_seconds: float = DEFAULT_VERSION_POLL_SECONDS
     # How long a model that failed to load is answered from memory before the store is tried again.
     failure_retry_seconds: float = DEFAULT_FAILURE_RETRY_SECONDS
+    # onnxruntime's intra-op threads; None sizes them from the CPUs this process may really use.
+    intra_op_threads: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         return cls(
-            store_uri=env.get("MODELSHIP_STORE") or str(default_store_path()),
-            preload=parse_preload(env.get("MODELSHIP_PRELOAD", "")),
+            store_uri=store_from_env(env) or str(default_store_path()),
+            preload=parse_preload(env.get(PRELOAD_ENV, "")),
             cache_dir=Path(env["MODELSHIP_CACHE_DIR"])
             if env.get("MODELSHIP_CACHE_DIR")
-            else default_cache_dir(),
+            else default_cache_dir(env),
             max_request_bytes=_positive_int(env, "MODELSHIP_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             session_memory_bytes=_positive_int(env, "MODELSHIP_SESSION_MEMORY_MB", DEFAULT_SESSION_MEMORY_MB)
             * 1024
@@ -63,16 +88,22 @@ class Settings:
             failure_retry_seconds=_seconds(
                 env, "MODELSHIP_FAILURE_RETRY_SECONDS", DEFAULT_FAILURE_RETRY_SECONDS
             ),
+            intra_op_threads=_optional_positive_int(env, "MODELSHIP_INTRA_OP_THREADS"),
         )
 
 
-def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
+def _optional_positive_int(env: Mapping[str, str], key: str) -> int | None:
     raw = env.get(key, "").strip()
     if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
+        return None
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{key} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
+    value = _optional_positive_int(env, key)
+    return default if value is None else value
 
 
 def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
@@ -89,14 +120,8 @@ def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
 
 
 def parse_preload(text: str) -> tuple[tuple[str, int | None], ...]:
-    """``"iris, resnet:3"`` → ``(("iris", None), ("resnet", 3))``."""
-    entries: list[tuple[str, int | None]] = []
-    for raw in text.split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        name, _, version = entry.partition(":")
-        entries.append(
-            (validate_model_name(name.strip()), parse_version(version.strip()) if version else None)
-        )
-    return tuple(entries)
+    """``"iris, resnet:3"`` → ``(("iris", None), ("resnet", 3))``, in the grammar of ``names``."""
+    try:
+        return parse_model_references(text)
+    except BadRequest as error:
+        raise ValueError(f"{PRELOAD_ENV}: {error.message}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -14,19 +15,28 @@ from typing import Any
 import orjson
 
 from modelship import __version__
-from modelship.errors import ModelshipError
+from modelship.core.errors import BadRequest, ModelshipError
+from modelship.core.settings import api_key_from_env, default_store_path, store_from_env
 
 DESCRIPTION = """\
-modelship serves ONNX models over the Open Inference Protocol (KServe v2 / Triton HTTP) on AWS Lambda,
-locally, and on AWS IoT Greengrass. A store is s3://bucket/prefix, file:///path or a path; the default
-is $MODELSHIP_STORE, else a local store under ~/.local/share/modelship/store.
+modelship serves ONNX models over the Open Inference Protocol (KServe v2 / Triton HTTP) on AWS Lambda
+and locally. A store is s3://bucket/prefix, file:///path or a path; the default is $MODELSHIP_STORE,
+else a local store under ~/.local/share/modelship/store.
 """
 
 
-def _default_store() -> str:
-    from modelship.config import default_store_path
+def _version(text: str) -> int:
+    """argparse type for a model version, in the grammar of ``names`` (no "01", no "+1")."""
+    from modelship.core.names import parse_version
 
-    return os.environ.get("MODELSHIP_STORE") or str(default_store_path())
+    try:
+        return parse_version(text)
+    except BadRequest as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+
+
+def _default_store() -> str:
+    return store_from_env() or str(default_store_path())
 
 
 def _print_json(document: Any) -> None:
@@ -45,8 +55,8 @@ def _read_labels(path: Path) -> list[str]:
 
 
 def command_push(args: argparse.Namespace) -> int:
-    from modelship.names import validate_model_name
-    from modelship.repository import ModelRepository
+    from modelship.core.names import validate_model_name
+    from modelship.core.repository import ModelRepository
 
     validate_model_name(args.name)  # before any I/O, the file included
     if not args.model.is_file():
@@ -60,7 +70,7 @@ def command_push(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from modelship.repository import ModelRepository
+    from modelship.core.repository import ModelRepository
 
     listing = ModelRepository.open(args.store).list_models()
     if args.json:
@@ -76,7 +86,7 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_export_default(args: argparse.Namespace) -> int:
-    from modelship.default_model import export_default_model
+    from modelship.core.default_model import export_default_model
 
     model_path, labels_path, _ = export_default_model(args.directory)
     print(f"wrote {model_path} and {labels_path}")
@@ -84,12 +94,29 @@ def command_export_default(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
+    from modelship.core.names import parse_model_references
+    from modelship.core.service import InferenceService
+    from modelship.core.settings import PRELOAD_ENV, Settings
+    from modelship.doors.apigw import proxy_handler
+    from modelship.doors.local_http import LocalServer, serve_forever
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = args.store or os.environ.get("MODELSHIP_STORE")
-    preload = args.preload if args.preload is not None else os.environ.get("MODELSHIP_PRELOAD", "")
+    environ = dict(os.environ)
+    preload: tuple[tuple[str, int | None], ...] | None = None
+    if args.preload is not None:
+        # The flag wins: $MODELSHIP_PRELOAD is not even parsed, so a stale value cannot stop the server.
+        environ.pop(PRELOAD_ENV, None)
+        try:
+            preload = parse_model_references(args.preload)
+        except BadRequest as error:
+            raise BadRequest(f"--preload: {error.message}") from None
+    settings = Settings.from_env(environ)
+    store = args.store or store_from_env()
+    if preload is None:
+        preload = settings.preload
     if not store:
-        from modelship.default_model import DEFAULT_MODEL_NAME, ensure_default_model
-        from modelship.repository import ModelRepository
+        from modelship.core.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+        from modelship.core.repository import ModelRepository
 
         store = _default_store()
         repository = ModelRepository.open(store)
@@ -100,24 +127,15 @@ def command_serve(args: argparse.Namespace) -> int:
             )
             with tempfile.TemporaryDirectory() as scratch:
                 ensure_default_model(repository, Path(scratch))
-        preload = preload or DEFAULT_MODEL_NAME
-    # The Lambda handler reads its configuration at import, exactly as in Lambda.
-    os.environ["MODELSHIP_STORE"] = store
-    os.environ["MODELSHIP_PRELOAD"] = preload
-    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "modelship")
-    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Modelship")
-    # EMF lines are for CloudWatch; locally they would drown the access log.
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    from inference import app
-
-    from modelship.httpserver import LocalServer, serve_forever
-
+        preload = preload or ((DEFAULT_MODEL_NAME, None),)
+    settings = dataclasses.replace(settings, store_uri=store, preload=preload)
+    service = InferenceService.from_settings(settings)
+    service.preload()
     _configure_access_log()
-    if app.service.preload_errors:
-        for model, error in app.service.preload_errors.items():
-            print(f"warning: could not preload {model}: {error}", file=sys.stderr)
+    for model, problem in service.preload_errors.items():
+        print(f"warning: could not preload {model}: {problem}", file=sys.stderr)
     try:
-        server = LocalServer((args.host, args.port), app.handler, app.service.settings.max_request_bytes)
+        server = LocalServer((args.host, args.port), proxy_handler(service), settings.max_request_bytes)
     except OSError as error:
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
         return 1
@@ -131,8 +149,7 @@ def command_serve(args: argparse.Namespace) -> int:
 
 
 def _configure_access_log() -> None:
-    # Powertools owns the "modelship" logger tree (JSON for CloudWatch); the local access log reads
-    # better as one plain line per request.
+    # One plain line per request on stderr, apart from the application log's format.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     access = logging.getLogger("modelship.http")
     handler = logging.StreamHandler(sys.stderr)
@@ -143,9 +160,9 @@ def _configure_access_log() -> None:
 
 
 def command_infer(args: argparse.Namespace) -> int:
-    from modelship.client import InferenceClient, format_response, parse_input_value
+    from modelship.tools.client import InferenceClient, format_response, parse_input_value
 
-    api_key = args.api_key or os.environ.get("MODELSHIP_API_KEY")
+    api_key = args.api_key or api_key_from_env()
     client = InferenceClient(args.url, sigv4=args.sigv4, api_key=api_key, timeout=args.timeout)
     metadata = client.metadata(args.model, args.model_version)
     specs = {spec["name"]: spec for spec in metadata.get("inputs", [])}
@@ -186,11 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("model", type=Path, metavar="MODEL.onnx", help="the ONNX model file")
     push.add_argument("--name", required=True, help="model name: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, no '..'")
     push.add_argument(
-        "--version", type=int, help="version number (default: the latest + 1); versions are immutable"
+        "--version",
+        type=_version,
+        metavar="N",
+        help="version number (default: the latest + 1); versions are immutable",
     )
-    push.add_argument("--store", default=_default_store(), help="store URI (default: %(default)s)")
     push.add_argument(
-        "--labels", type=Path, help="class labels: a JSON list of strings, or one label per line"
+        "--store", default=_default_store(), metavar="URI", help="store URI (default: %(default)s)"
+    )
+    push.add_argument(
+        "--labels",
+        type=Path,
+        metavar="FILE",
+        help="class labels: a JSON list of strings, or one label per line",
     )
     push.set_defaults(run=command_push)
 
@@ -199,23 +224,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="list models and their versions",
         description="List every model in the store with its complete (manifested) versions.",
     )
-    listing.add_argument("--store", default=_default_store(), help="store URI (default: %(default)s)")
+    listing.add_argument(
+        "--store", default=_default_store(), metavar="URI", help="store URI (default: %(default)s)"
+    )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(run=command_list)
 
     serve = commands.add_parser(
         "serve",
-        help="serve a store over HTTP on this machine (the same handler as Lambda)",
-        description="Run the Lambda handler behind a local threaded HTTP/1.1 server: each request becomes an "
-        "API Gateway REST proxy event. Without --store (and $MODELSHIP_STORE), serves the bundled iris model "
-        "from a local default store, creating it on first run.",
+        help="serve a store over HTTP on this machine (the same core and event translation as Lambda)",
+        description="Serve the Open Inference Protocol from a local threaded HTTP/1.1 server: each request "
+        "becomes an API Gateway REST proxy event and goes through the same translation and core as in "
+        "Lambda, so it gets the same response. Without --store (and $MODELSHIP_STORE), serves the bundled "
+        "iris model from a local default store, creating it on first run.",
     )
     serve.add_argument(
-        "--store", help="store URI (default: $MODELSHIP_STORE, else the bundled default model)"
+        "--store", metavar="URI", help="store URI (default: $MODELSHIP_STORE, else the bundled default model)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
-    serve.add_argument("--preload", help="comma-separated models to load at start, e.g. 'iris,resnet:3'")
+    serve.add_argument(
+        "--preload", metavar="NAMES", help="comma-separated models to load at start, e.g. 'iris,resnet:3'"
+    )
     serve.set_defaults(run=command_serve)
 
     infer = commands.add_parser(
@@ -228,10 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--url",
         required=True,
+        metavar="URL",
         help="base URL, e.g. http://127.0.0.1:8080 or https://ID.execute-api.REGION.amazonaws.com/prod",
     )
-    infer.add_argument("--model", required=True, help="model name")
-    infer.add_argument("--model-version", type=int, help="model version (default: the latest)")
+    infer.add_argument("--model", required=True, metavar="NAME", help="model name")
+    infer.add_argument(
+        "--model-version", type=_version, metavar="N", help="model version (default: the latest)"
+    )
     infer.add_argument(
         "--input",
         action="append",
@@ -246,11 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument(
         "--api-key",
+        metavar="KEY",
         help="send this API Gateway key as x-api-key (deployments with auth=api_key; "
         "default: $MODELSHIP_API_KEY)",
     )
     infer.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per HTTP request (default: %(default)s)"
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds per HTTP request (default: %(default)s)",
     )
     infer.set_defaults(run=command_infer)
 
@@ -268,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from modelship.client import ClientError
+    from modelship.tools.client import ClientError
 
     try:
         result: int = args.run(args)

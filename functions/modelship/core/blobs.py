@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from modelship.errors import Conflict, ModelUnavailable
+from modelship.core.errors import Conflict, ModelUnavailable
 
 # Worst case (1 + 4) s x 3 attempts plus backoff stays under the function's 20 s timeout, so a stalled
 # S3 gives the caller a 503 from us rather than a bare 502 from API Gateway. The read timeout bounds
@@ -33,6 +33,12 @@ class BlobTooLarge(Exception):
 
 
 class BlobStore(ABC):
+    """Whole-object byte storage under one root (a directory or an S3 prefix), keyed by relative paths.
+
+    Implementations are safe to call from several threads at once, hold no open handle between calls,
+    and need no closing. boto3 is imported only when an S3 store is opened.
+    """
+
     uri: str
 
     @abstractmethod

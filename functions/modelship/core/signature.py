@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship.datatypes import datatype_from_ort_type
-from modelship.manifest import TensorSpec
+from modelship.core.datatypes import datatype_from_ort_type
+from modelship.core.manifest import TensorSpec
 
 
 def _dim(value: Any) -> int:

@@ -1,4 +1,4 @@
-"""The local door: a threaded HTTP/1.1 server that runs the Lambda handler.
+"""The local HTTP door: a threaded HTTP/1.1 server in front of a Lambda-style handler.
 
 Each request becomes an API Gateway REST proxy event (body base64-encoded when binary, as API
 Gateway does with binaryMediaTypes), and the proxy result becomes the HTTP response. Responses are
@@ -23,6 +23,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 import pybase64
+
+from modelship.core.errors import PayloadTooLarge
+from modelship.core.messages import check_request_size
 
 logger = logging.getLogger("modelship.http")
 
@@ -134,11 +137,10 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
         if length is None:
             self.close_connection = True
             return self._send_error_json(400, "invalid or conflicting Content-Length")
-        if length > self.server.max_request_bytes:
+        refusal = self._refuse_size(length)
+        if refusal is not None:
             self.close_connection = True
-            answer = self._send_error_json(
-                413, f"request body of {length} bytes exceeds the {self.server.max_request_bytes}-byte limit"
-            )
+            answer = self._send_error_json(refusal.status, refusal.message)
             self._discard_body(length)
             return answer
         body = self.rfile.read(length) if length else b""
@@ -174,13 +176,20 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         # Refuse an oversized body before inviting the client to send it.
         length = self._content_length()
-        if length is not None and length > self.server.max_request_bytes:
+        refusal = self._refuse_size(length) if length is not None else None
+        if refusal is not None:
             self.close_connection = True
-            self._send_error_json(
-                413, f"request body of {length} bytes exceeds the {self.server.max_request_bytes}-byte limit"
-            )
+            self._send_error_json(refusal.status, refusal.message)
             return False
         return super().handle_expect_100()
+
+    def _refuse_size(self, length: int) -> PayloadTooLarge | None:
+        # The core's rule, asked before the body is read, so a huge body is never buffered.
+        try:
+            check_request_size(length, self.server.max_request_bytes)
+        except PayloadTooLarge as error:
+            return error
+        return None
 
     def _discard_body(self, length: int) -> None:
         """Lingering close: read (and drop) a refused body for a bounded time, so a client still
@@ -228,6 +237,9 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
 
 
 class LocalServer(ThreadingHTTPServer):
+    """One thread per connection, each running ``lambda_handler`` for its requests; the handler must be
+    thread-safe. ``serve_forever`` below runs it until Ctrl-C or SIGTERM."""
+
     daemon_threads = True
     allow_reuse_address = True
 
@@ -243,6 +255,9 @@ def serve_forever(server: LocalServer) -> None:
     """Serve until Ctrl-C or SIGTERM, then stop accepting and close the socket."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        # Once: a second SIGTERM (a supervisor and its child both forwarding one) must not raise again
+        # in the middle of interpreter shutdown; it ends the process quietly instead.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelship.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
-from modelship.wire import decode_bytes_elements, encode_bytes_elements
+from modelship.core.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
+from modelship.core.wire import decode_bytes_elements, encode_bytes_elements
 
 _EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
 

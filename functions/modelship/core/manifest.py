@@ -8,9 +8,9 @@ from typing import Any, Final
 
 import orjson
 
-from modelship.datatypes import NUMPY_DTYPE_BY_DATATYPE
-from modelship.errors import ModelUnavailable
-from modelship.names import MAX_VERSION, validate_model_name
+from modelship.core.datatypes import NUMPY_DTYPE_BY_DATATYPE
+from modelship.core.errors import ModelUnavailable
+from modelship.core.names import MAX_VERSION, validate_model_name
 
 MANIFEST_SCHEMA_VERSION: Final = 1
 MAX_MANIFEST_BYTES: Final = 1 << 20

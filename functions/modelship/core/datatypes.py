@@ -6,7 +6,7 @@ from typing import Final
 
 import numpy as np
 
-from modelship.errors import InvalidModel
+from modelship.core.errors import InvalidModel
 
 BYTES: Final = "BYTES"
 

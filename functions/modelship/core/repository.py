@@ -12,17 +12,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from modelship.blobs import BlobNotFound, BlobStore, BlobTooLarge, open_blob_store, read_regular_file
-from modelship.errors import Conflict, IntegrityError, InvalidModel, ModelUnavailable, NotFound
-from modelship.manifest import MAX_MANIFEST_BYTES, Manifest
-from modelship.names import MAX_VERSION, MODEL_NAME_PATTERN, validate_model_name
+from modelship.core.blobs import BlobNotFound, BlobStore, BlobTooLarge, open_blob_store, read_regular_file
+from modelship.core.errors import Conflict, IntegrityError, InvalidModel, ModelUnavailable, NotFound
+from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
+from modelship.core.names import MAX_VERSION, is_valid_model_name, validate_model_name, version_from_text
+from modelship.core.settings import DEFAULT_MAX_MODEL_BYTES
 
 logger = logging.getLogger(__name__)
 
 MODELS_PREFIX: Final = "models"
 MODEL_FILE: Final = "model.onnx"
 MANIFEST_FILE: Final = "manifest.json"
-DEFAULT_MAX_MODEL_BYTES: Final = 512 * 1024 * 1024
 PUSH_ATTEMPTS: Final = 5
 
 
@@ -34,14 +34,16 @@ def manifest_key(name: str, version: int) -> str:
     return f"{MODELS_PREFIX}/{name}/{version}/{MANIFEST_FILE}"
 
 
-def _version_from_segment(segment: str) -> int | None:
-    if segment.isascii() and segment.isdigit() and not segment.startswith("0") and len(segment) <= 10:
-        version = int(segment)
-        return version if version <= MAX_VERSION else None
-    return None
-
-
 class ModelRepository:
+    """The versioned model store: ``models/<name>/<version>/model.onnx``, then its ``manifest.json``.
+
+    A version exists once its manifest does, and is immutable: ``push`` writes both exclusively, manifest
+    last. Reads hand out bytes only after their size and sha256 match the manifest (fail closed).
+
+    Threading: stateless apart from the on-disk cache of remote models, whose writes are atomic renames;
+    safe to share between request threads. It does no caching of listings: ``ModelLifecycle`` does.
+    """
+
     def __init__(
         self,
         blobs: BlobStore,
@@ -73,9 +75,9 @@ class ModelRepository:
             parts = key.split("/")
             if len(parts) != 4 or parts[3] != MANIFEST_FILE:
                 continue
-            version = _version_from_segment(parts[2])
+            version = version_from_text(parts[2])
             name = parts[1]
-            if version is not None and MODEL_NAME_PATTERN.fullmatch(name) and ".." not in name:
+            if version is not None and is_valid_model_name(name):
                 found.setdefault(name, []).append(version)
         return {name: sorted(versions) for name, versions in sorted(found.items())}
 
@@ -85,7 +87,7 @@ class ModelRepository:
         for key in self.blobs.list_keys(f"{MODELS_PREFIX}/{name}/"):
             parts = key.split("/")
             if len(parts) == 4 and parts[1] == name and parts[3] == MANIFEST_FILE:
-                version = _version_from_segment(parts[2])
+                version = version_from_text(parts[2])
                 if version is not None:
                     versions.append(version)
         return sorted(versions)
@@ -234,8 +236,8 @@ def verify_bytes(data: bytes, manifest: Manifest) -> None:
 
 def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] | None) -> Manifest:
     """Load the model with onnxruntime to prove it is servable, and read what the manifest records."""
-    from modelship.sessions import create_session, first_line
-    from modelship.signature import read_provenance, tensor_specs
+    from modelship.core.sessions import create_session, first_line
+    from modelship.core.signature import read_provenance, tensor_specs
 
     try:
         session = create_session(data, threads=1)

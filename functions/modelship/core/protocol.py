@@ -14,20 +14,22 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from modelship.datatypes import BYTES
-from modelship.errors import BadRequest
-from modelship.sessions import InputBinding, LoadedModel
-from modelship.wire import MalformedBytesTensor, decode_bytes_elements, encode_bytes_elements
+from modelship.core.datatypes import BYTES
+from modelship.core.errors import BadRequest
+from modelship.core.sessions import InputBinding, LoadedModel
+from modelship.core.wire import MalformedBytesTensor, decode_bytes_elements, encode_bytes_elements
 
 # An overflowing cast is reported to the client as a 400 (see _decode_json); numpy's warning about it
 # would only add a stray line to the logs. A filter costs nothing per request, unlike np.errstate.
 warnings.filterwarnings(
-    "ignore", message="overflow encountered in cast", category=RuntimeWarning, module=r"modelship\.protocol"
+    "ignore",
+    message="overflow encountered in cast",
+    category=RuntimeWarning,
+    module=r"modelship\.core\.protocol",
 )
 
 MAX_DIMENSION: Final = 2**31 - 1
 MAX_ELEMENTS: Final = 2**31 - 1
-HEADER_LENGTH_HEADER: Final = "inference-header-content-length"
 
 _INT_LIMITS: Final = {
     kind: np.iinfo(kind) for kind in ("<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8")
@@ -68,7 +70,24 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
+def parse_json_object(raw: bytes | memoryview, expected: str) -> dict[str, Any]:
+    """A request body that must be a JSON object; ``expected`` completes "request body must be ..."."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise BadRequest(f"request body must be {expected}")
+    return document
+
+
 def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | None) -> InferenceCall:
+    """Validate an inference request against ``model``'s signature and build onnxruntime's feeds.
+
+    Pure: no I/O and no shared state, so any number of request threads may call it at once. Binary
+    inputs are zero-copy views into ``body``, which must therefore stay alive (and unchanged) until the
+    run that uses the returned feeds has finished. Every refusal is a ``BadRequest`` naming the input.
+    """
     if header_length is None:
         json_part: bytes | memoryview = body
         binary: memoryview | None = None
@@ -76,12 +95,7 @@ def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | N
         view = memoryview(body)
         json_part = view[:header_length]
         binary = view[header_length:]
-    try:
-        document = orjson.loads(json_part)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"request body is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise BadRequest("request body must be a JSON object with an 'inputs' list")
+    document = parse_json_object(json_part, "a JSON object with an 'inputs' list")
 
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):

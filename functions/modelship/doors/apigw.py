@@ -1,18 +1,24 @@
-"""Translation between API Gateway REST proxy events and the core's request/response.
+"""The API Gateway door: REST proxy events in, proxy results out, around the core's ``InferenceService``.
 
-The Lambda door uses it directly; the local door builds the same events from HTTP requests so that
-both run the same handler.
+The Lambda entry (``functions/inference/app.py``) wraps ``handle_event`` in Powertools; ``modelship
+serve`` runs the same translation behind the local HTTP door, which builds the same events, so a request
+gets the same response through every door.
 """
 
 from __future__ import annotations
 
 import binascii
+from collections.abc import Callable
 from typing import Any, Final
 
 import pybase64
 
-from modelship.errors import BadRequest, ModelshipError, PayloadTooLarge
-from modelship.service import InferenceService, Response, error_response
+from modelship.core.errors import BadRequest, ModelshipError
+from modelship.core.messages import Response, error_response
+from modelship.core.service import InferenceService
+
+# A Lambda handler's shape: (event, context) -> proxy result.
+ProxyHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 _NO_HEADERS: Final[dict[str, str]] = {}
 # Lambda's synchronous response payload limit, for the whole proxy result as JSON. Room is left for
@@ -22,6 +28,7 @@ _RESPONSE_FRAMING_BYTES: Final = 4096
 
 
 def handle_event(service: InferenceService, event: dict[str, Any]) -> dict[str, Any]:
+    """One API Gateway REST proxy event through the core. Never raises; safe from any thread."""
     if not isinstance(event, dict):
         return _not_an_event()
     method = event.get("httpMethod")
@@ -31,7 +38,7 @@ def handle_event(service: InferenceService, event: dict[str, Any]) -> dict[str, 
         return _not_an_event()
     headers = {str(key).lower(): str(value) for key, value in raw_headers.items()}
     try:
-        body = _body_bytes(event, service.settings.max_request_bytes)
+        body = _body_bytes(event)
     except ModelshipError as error:
         return to_proxy_result(error_response(error))
     return to_proxy_result(service.handle(method, path, headers, body))
@@ -41,16 +48,24 @@ def _not_an_event() -> dict[str, Any]:
     return to_proxy_result(error_response(BadRequest("not an API Gateway REST proxy event")))
 
 
-def _body_bytes(event: dict[str, Any], max_bytes: int) -> bytes:
+def proxy_handler(service: InferenceService) -> ProxyHandler:
+    """``handle_event`` as a plain Lambda-style handler, without Powertools: what the local door runs."""
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return handle_event(service, event)
+
+    return handler
+
+
+def _body_bytes(event: dict[str, Any]) -> bytes:
     body = event.get("body")
     if not body:
         return b""
     if not isinstance(body, str):
         raise BadRequest("not an API Gateway REST proxy event: 'body' must be a string")
     if event.get("isBase64Encoded"):
-        # Refuse before decoding: base64 is 4/3 of the payload.
-        if len(body) > (max_bytes + 2) // 3 * 4:
-            raise PayloadTooLarge(f"request body exceeds the {max_bytes}-byte limit")
+        # The size limit is the core's (messages.check_request_size), on the decoded bytes: Lambda has
+        # already capped the event at 6 MB, so decoding first costs at most that.
         try:
             decoded: bytes = pybase64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):

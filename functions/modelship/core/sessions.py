@@ -11,17 +11,21 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
-from modelship.cpu import intra_op_threads, is_cpu_constrained
-from modelship.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
-from modelship.errors import ModelUnavailable
-from modelship.manifest import Manifest
-from modelship.signature import tensor_specs
+from modelship.core.cpu import intra_op_threads, is_cpu_constrained
+from modelship.core.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
+from modelship.core.errors import BadRequest, ModelUnavailable
+from modelship.core.manifest import Manifest
+from modelship.core.signature import tensor_specs
 
 logger = logging.getLogger(__name__)
 
 # Graph, arena and kernels cost more than the file; twice its size is a conservative estimate.
 MEMORY_FACTOR = 2
+# What onnxruntime raises for inputs that passed signature validation but that the graph cannot take
+# (e.g. two dynamic "batch" dimensions given different sizes): the request's fault, not the server's.
+_REJECTED_INPUT_ERRORS = (InvalidArgument, RuntimeException, Fail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +42,10 @@ class InputBinding:
 
 
 def create_session(model_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session tuned for serving; ``threads`` None sizes the intra-op pool from the CPU share."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads if threads is not None else intra_op_threads()
+    options.intra_op_num_threads = intra_op_threads(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if is_cpu_constrained():
@@ -51,7 +56,10 @@ def create_session(model_bytes: bytes, threads: int | None = None) -> ort.Infere
 
 
 class LoadedModel:
-    """A verified, warmed-up session and the tables that keep per-request work to dictionary lookups."""
+    """A verified, warmed-up session and the tables that keep per-request work to dictionary lookups.
+
+    Immutable once built and shared by every request thread; ``run`` may be called concurrently.
+    """
 
     __slots__ = (
         "all_output_names",
@@ -91,7 +99,14 @@ class LoadedModel:
         self.all_output_names = [spec.name for spec in manifest.outputs]
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        results: list[np.ndarray] = self.session.run(output_names, feeds)
+        """Run the session; an input that onnxruntime refuses is a ``BadRequest``, not a 500."""
+        try:
+            results: list[np.ndarray] = self.session.run(output_names, feeds)
+        except _REJECTED_INPUT_ERRORS as error:
+            logger.warning(
+                "onnxruntime rejected a request for %s v%s: %s", self.name, self.version, first_line(error)
+            )
+            raise BadRequest(f"onnxruntime rejected the input: {first_line(error)}") from None
         return results
 
 
@@ -144,7 +159,10 @@ def first_line(error: BaseException) -> str:
 
 
 class SessionCache:
-    """Least-recently-used loaded models within a memory budget. The newest entry is never evicted."""
+    """Least-recently-used loaded models within a memory budget. The newest entry is never evicted.
+
+    Thread-safe. An evicted model is only dropped from the cache: a request already holding it finishes.
+    """
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes

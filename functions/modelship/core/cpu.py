@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Final
 
 LAMBDA_MB_PER_VCPU: Final = 1769
-THREADS_ENV: Final = "MODELSHIP_INTRA_OP_THREADS"
 
 
 def _affinity_cpus() -> int:
@@ -65,10 +64,6 @@ def is_cpu_constrained() -> bool:
     return cgroup_quota_cpus() is not None or lambda_share_cpus() is not None
 
 
-def intra_op_threads() -> int:
-    override = os.environ.get(THREADS_ENV, "").strip()
-    if override:
-        if not override.isdigit() or int(override) < 1:
-            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {override!r}")
-        return int(override)
-    return available_cpus()
+def intra_op_threads(configured: int | None = None) -> int:
+    """``configured`` (``Settings.intra_op_threads``) when set, else the CPUs this process may use."""
+    return configured if configured is not None else available_cpus()
