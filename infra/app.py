@@ -36,7 +36,6 @@ def build_app(context: Mapping[str, object] | None = None, *, outdir: str | None
     store = ModelStoreStack(app, config.stack_name("store"), config=config)
     api = InferenceApiStack(app, config.stack_name("api"), config=config, layer_zips=layer_zips)
     api.add_stack_dependency(store, "the function reads models from the model-store bucket")
-    # EdgeStack (infra/stacks/edge_stack.py) joins the app once the Greengrass issue gives it resources.
 
     Tags.of(app).add("project", "modelship")
     Tags.of(app).add("stage", config.stage)

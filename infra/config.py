@@ -1,23 +1,41 @@
 """Deployment configuration: read from CDK context, validated at synth time.
 
-Every key has a default, so ``cdk synth`` needs no context at all. Override with ``-c key=value``
-(values from the command line arrive as strings; values from ``cdk.json`` may be typed JSON).
-All problems are collected and reported together, so one synth shows every mistake.
+Every context key is a field of ``DeployConfig`` (under its alias where the names differ), and every key
+has a default, so ``cdk synth`` needs no context at all. Override with ``-c key=value``: values from the
+command line arrive as strings, values from ``cdk.json`` may be typed JSON, and an empty value means the
+default. Any other key, however spelt (``Memory``, ``log-retention-days``), is an error; only CDK's own
+keys pass. Every invalid value is reported at once, so one synth shows every mistake; the checks between
+values (the latency alarm against the timeout, the two layer zips) follow once each value is valid.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Any, Literal, get_args
+
+from modelship.core.errors import BadRequest
+from modelship.core.names import parse_model_references
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 Architecture = Literal["arm64", "x86_64"]
 AuthMode = Literal["iam", "api_key"]
 Removal = Literal["retain", "destroy"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS_DIR = REPO_ROOT / "functions"
 
 # API Gateway's REST integration timeout is 29 s: the function must give up first, so the client gets
 # the function's own error (and the logs show why) instead of an opaque 504 from the gateway.
@@ -32,254 +50,203 @@ LOG_RETENTION_NAMES = {
 }  # fmt: skip
 
 # At most 16 characters: the stage is part of the model bucket name, which S3 caps at 63.
-_STAGE_PATTERN = re.compile(r"^[a-z](?:[a-z0-9-]{0,14}[a-z0-9])?$")
-# docs/contracts.md: MODELSHIP_PRELOAD is a comma-separated list of `name` or `name:version`.
-_MODEL_REFERENCE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(:[0-9]{1,9})?$")
-_SNS_TOPIC_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
-# Context keys that belong to CDK itself (feature flags, CLI settings, lookups) rather than to us.
-_FOREIGN_KEY_PATTERN = re.compile(r"^(@|aws:|cdk|availability-zones:|hosted-zone:|ami:|ssm:|vpc-provider:)")
+_STAGE_PATTERN = re.compile(r"[a-z](?:[a-z0-9-]{0,14}[a-z0-9])?")
+_SNS_TOPIC_ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}")
+# Context keys that belong to CDK itself rather than to us: feature flags (`@aws-cdk/...`), CLI settings
+# (`aws:cdk:...`, acknowledged notices, telemetry) and cached lookups (`availability-zones:...`, `ssm:...`:
+# every lookup key holds a colon, which none of ours does).
+_FOREIGN_KEY_PATTERN = re.compile(r"^(?:@|aws:|acknowledged-issue-numbers$|cli-telemetry$)|:")
+_BULLET = "\n  - "
+_TRUE = frozenset({"true", "yes", "1", "on"})
+_FALSE = frozenset({"false", "no", "0", "off"})
 
 
 class ConfigError(ValueError):
     """The CDK context holds invalid values; the message lists every problem."""
 
 
-@dataclass(frozen=True)
-class DeployConfig:
-    """Everything that varies between deployments of modelship."""
+def _problem(message: str) -> PydanticCustomError:
+    return PydanticCustomError("context", "{message}", {"message": message})
 
-    stage: str = "prod"
+
+def _integer(value: object) -> object:
+    """An int from cdk.json or digits from ``-c``; never a bool (``true`` is not a memory size)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _problem("must be an integer")
+
+
+def _optional_integer(value: object) -> object:
+    return None if isinstance(value, str) and value.lower() in {"none", "off"} else _integer(value)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise _problem("must be a number")
+
+
+def _check(accepts: Callable[[Any], object], problem: str) -> AfterValidator:
+    """Fail with ``problem`` unless ``accepts(value)`` is truthy; an unset optional (None) passes."""
+
+    def check(value: object) -> object:
+        if value is not None and not accepts(value):
+            raise _problem(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+def _between(low: float, high: float) -> AfterValidator:
+    return _check(lambda value: low <= value <= high, f"must be between {low:g} and {high:g}")  # NaN fails
+
+
+def _one_of(options: Iterable[object]) -> AfterValidator:
+    allowed = tuple(options)
+    return _check(lambda value: value in allowed, f"must be one of {', '.join(map(str, allowed))}")
+
+
+def _boolean(value: object) -> bool:
+    """true/false from cdk.json, or one of a few unambiguous words from ``-c``; nothing looser."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise _problem("must be true or false")
+
+
+def _preload(value: object) -> tuple[str, ...]:
+    """Parsed by the runtime's own parser of ``MODELSHIP_PRELOAD``: what synthesizes, every init accepts."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        # Each item is one reference: a blank item or one holding a comma is a mistake, not a list.
+        if any("," in item or not item.strip() for item in value):
+            raise _problem("each item of the list must be one model reference: name or name:version")
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise _problem("must be a comma-separated string or a list of strings")
+    try:
+        references = parse_model_references(value)
+    except BadRequest as error:
+        raise _problem(error.message) from None
+    return tuple(name if version is None else f"{name}:{version}" for name, version in references)
+
+
+def _zip_file(value: object) -> Path:
+    if not isinstance(value, str):
+        raise _problem("must be a path to a .zip file")
+    path = REPO_ROOT / value  # relative to the repository; an absolute path stays as it is
+    if path.suffix != ".zip" or not path.is_file():
+        raise _problem(f"{path} is not an existing .zip file")
+    return path
+
+
+Integer = BeforeValidator(_integer)
+Boolean = BeforeValidator(_boolean)
+ZipFile = BeforeValidator(_zip_file)
+StageName = _check(
+    _STAGE_PATTERN.fullmatch,
+    "must be 1-16 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-' "
+    "(it names the stacks, the API stage and the model bucket)",
+)
+TopicArn = _check(_SNS_TOPIC_ARN_PATTERN.fullmatch, "must be an SNS topic ARN")
+
+
+class DeployConfig(BaseModel):
+    """Everything that varies between deployments of modelship: one field per context key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: Annotated[str, StageName] = "prod"
     architecture: Architecture = "arm64"
-    memory_mb: int = 2048
-    timeout_seconds: int = 20
-    preload: tuple[str, ...] = ()
+    # Below 512 MB, numpy and onnxruntime alone leave no room for a model.
+    memory_mb: Annotated[int, Integer, _between(512, 10240)] = Field(2048, alias="memory")
+    timeout_seconds: Annotated[int, Integer, _between(1, API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS - 1)] = (
+        Field(20, alias="timeout")
+    )
+    preload: Annotated[tuple[str, ...], BeforeValidator(_preload)] = ()
     auth: AuthMode = "iam"
-    throttle_rate: float = 100.0
-    throttle_burst: int = 200
-    reserved_concurrency: int | None = None
-    snapstart: bool = False
+    throttle_rate: Annotated[float, BeforeValidator(_number), _between(1, 10000)] = 100.0
+    throttle_burst: Annotated[int, Integer, _between(1, 5000)] = 200
+    reserved_concurrency: Annotated[int | None, BeforeValidator(_optional_integer), _between(1, 10000)] = None
+    snapstart: Annotated[bool, Boolean] = False
     removal: Removal = "retain"
-    log_retention_days: int = 30
-    latency_alarm_ms: int = 3000
-    alarm_topic_arn: str | None = None
-    api_cloudwatch_role: bool = True
-    onnx_layer_zip: Path | None = None
-    deps_layer_zip: Path | None = None
-    functions_dir: Path = field(default=REPO_ROOT / "functions")
+    log_retention_days: Annotated[int, Integer, _one_of(LOG_RETENTION_NAMES)] = 30
+    latency_alarm_ms: Annotated[int, Integer, _between(1, 29000)] = 3000
+    alarm_topic_arn: Annotated[str | None, TopicArn] = None
+    api_cloudwatch_role: Annotated[bool, Boolean] = True
+    onnx_layer_zip: Annotated[Path | None, ZipFile] = None
+    deps_layer_zip: Annotated[Path | None, ZipFile] = None
 
-    def stack_name(self, part: str) -> str:
-        """CloudFormation stack name (also the CDK stack id): ``modelship-<stage>-<part>``."""
-        return f"modelship-{self.stage}-{part}"
+    @model_validator(mode="after")
+    def _consistent(self) -> DeployConfig:
+        problems = []
+        if self.latency_alarm_ms > self.timeout_seconds * 1000:
+            problems.append(
+                f"latency_alarm_ms={self.latency_alarm_ms} exceeds the function timeout "
+                f"({self.timeout_seconds} s): the alarm could never fire"
+            )
+        if (self.onnx_layer_zip is None) != (self.deps_layer_zip is None):
+            problems.append("onnx_layer_zip and deps_layer_zip must be given together (or neither)")
+        if problems:
+            raise _problem(_BULLET.join(problems))
+        return self
+
+    @property
+    def functions_dir(self) -> Path:
+        return FUNCTIONS_DIR
 
     @property
     def is_throwaway(self) -> bool:
         return self.removal == "destroy"
 
+    def stack_name(self, part: str) -> str:
+        """CloudFormation stack name (also the CDK stack id): ``modelship-<stage>-<part>``."""
+        return f"modelship-{self.stage}-{part}"
+
+    @classmethod
+    def fields_by_key(cls) -> dict[str, FieldInfo]:
+        """The fields by context key: the alias where one is set."""
+        return {field.alias or name: field for name, field in cls.model_fields.items()}
+
     @classmethod
     def from_context(cls, context: Mapping[str, object]) -> DeployConfig:
-        """Parse and validate the CDK context; raise ConfigError listing every invalid key."""
-        reader = _ContextReader(context)
-        stage = reader.text("stage", cls.stage, _check_stage)
-        config = cls(
-            stage=stage,
-            architecture=reader.choice("architecture", cls.architecture, ("arm64", "x86_64")),
-            # Below 512 MB, numpy and onnxruntime alone leave no room for a model.
-            memory_mb=reader.integer("memory", cls.memory_mb, low=512, high=10240),
-            timeout_seconds=reader.integer(
-                "timeout", cls.timeout_seconds, low=1, high=API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS - 1
-            ),
-            preload=reader.preload("preload"),
-            auth=reader.choice("auth", cls.auth, ("iam", "api_key")),
-            throttle_rate=reader.number("throttle_rate", cls.throttle_rate, low=1, high=10000),
-            throttle_burst=reader.integer("throttle_burst", cls.throttle_burst, low=1, high=5000),
-            reserved_concurrency=reader.optional_integer("reserved_concurrency", low=1, high=10000),
-            snapstart=reader.boolean("snapstart", cls.snapstart),
-            removal=reader.choice("removal", cls.removal, ("retain", "destroy")),
-            log_retention_days=reader.integer_choice(
-                "log_retention_days", cls.log_retention_days, tuple(LOG_RETENTION_NAMES)
-            ),
-            latency_alarm_ms=reader.integer("latency_alarm_ms", cls.latency_alarm_ms, low=1, high=29000),
-            alarm_topic_arn=reader.optional_text("alarm_topic_arn", _check_topic_arn),
-            api_cloudwatch_role=reader.boolean("api_cloudwatch_role", cls.api_cloudwatch_role),
-            onnx_layer_zip=reader.optional_zip("onnx_layer_zip"),
-            deps_layer_zip=reader.optional_zip("deps_layer_zip"),
-        )
-        if config.latency_alarm_ms > config.timeout_seconds * 1000:
-            reader.errors.append(
-                f"latency_alarm_ms={config.latency_alarm_ms} exceeds the function timeout "
-                f"({config.timeout_seconds} s): the alarm could never fire"
-            )
-        if (config.onnx_layer_zip is None) != (config.deps_layer_zip is None):
-            reader.errors.append("onnx_layer_zip and deps_layer_zip must be given together (or neither)")
-        reader.reject_unknown_keys()
-        if reader.errors:
-            raise ConfigError("invalid CDK context:\n  - " + "\n  - ".join(reader.errors))
-        return config
-
-
-# The keys DeployConfig.from_context reads: anything else lower_snake_case is a typo.
-KNOWN_KEYS = frozenset({
-    "stage", "architecture", "memory", "timeout", "preload", "auth", "throttle_rate", "throttle_burst",
-    "reserved_concurrency", "snapstart", "removal", "log_retention_days", "latency_alarm_ms",
-    "alarm_topic_arn", "api_cloudwatch_role", "onnx_layer_zip", "deps_layer_zip",
-})  # fmt: skip
-
-_T = TypeVar("_T")
-
-
-def _check_stage(value: str) -> str | None:
-    if _STAGE_PATTERN.fullmatch(value):
-        return None
-    return (
-        "must be 1-16 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-' "
-        "(it names the stacks, the API stage and the model bucket)"
-    )
-
-
-def _check_topic_arn(value: str) -> str | None:
-    return None if _SNS_TOPIC_ARN_PATTERN.fullmatch(value) else "must be an SNS topic ARN"
-
-
-class _ContextReader:
-    """Typed access to raw context values that records errors instead of stopping at the first one."""
-
-    def __init__(self, context: Mapping[str, object]) -> None:
-        self.context = context
-        self.errors: list[str] = []
-
-    def _raw(self, key: str) -> object | None:
-        value = self.context.get(key)
-        if isinstance(value, str) and value.strip() == "":
-            return None  # `-c key=` means "use the default"
-        return value
-
-    def _fail(self, key: str, value: object, problem: str, fallback: _T) -> _T:
-        self.errors.append(f"{key}={value!r}: {problem}")
-        return fallback
-
-    def text(self, key: str, default: str, check: Callable[[str], str | None]) -> str:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            return self._fail(key, value, "must be a string", default)
-        problem = check(value)
-        return self._fail(key, value, problem, default) if problem else value
-
-    def optional_text(self, key: str, check: Callable[[str], str | None]) -> str | None:
-        value = self._raw(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            return self._fail(key, value, "must be a string", None)
-        problem = check(value)
-        return self._fail(key, value, problem, None) if problem else value
-
-    def choice(self, key: str, default: _T, allowed: tuple[_T, ...]) -> _T:
-        value = self._raw(key)
-        if value is None:
-            return default
-        for option in allowed:
-            if value == option:
-                return option
-        return self._fail(key, value, f"must be one of {', '.join(map(str, allowed))}", default)
-
-    def _parse_integer(self, key: str, value: object) -> int | None:
-        if isinstance(value, bool):  # bool is an int subclass; `true` is not a memory size
-            return self._fail(key, value, "must be an integer", None)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
-            return int(value)
-        return self._fail(key, value, "must be an integer", None)
-
-    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
-        value = self._raw(key)
-        if value is None:
-            return default
-        parsed = self._parse_integer(key, value)
-        if parsed is None:
-            return default
-        if not low <= parsed <= high:
-            return self._fail(key, value, f"must be between {low} and {high}", default)
-        return parsed
-
-    def optional_integer(self, key: str, *, low: int, high: int) -> int | None:
-        value = self._raw(key)
-        if value is None or (isinstance(value, str) and value.lower() in {"none", "off"}):
-            return None
-        parsed = self._parse_integer(key, value)
-        if parsed is not None and not low <= parsed <= high:
-            return self._fail(key, value, f"must be between {low} and {high}", None)
-        return parsed
-
-    def integer_choice(self, key: str, default: int, allowed: tuple[int, ...]) -> int:
-        parsed = self.integer(key, default, low=min(allowed), high=max(allowed))
-        if parsed not in allowed:
-            return self._fail(key, parsed, f"must be one of {', '.join(map(str, allowed))}", default)
-        return parsed
-
-    def number(self, key: str, default: float, *, low: float, high: float) -> float:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            return self._fail(key, value, "must be a number", default)
+        """Parse and validate the CDK context; raise ConfigError listing every problem."""
+        fields = cls.fields_by_key()
+        ours = {
+            key: value
+            for key, value in context.items()
+            if not _FOREIGN_KEY_PATTERN.search(key)
+            # `-c key=` (or null in cdk.json) means "use the default".
+            and not (key in fields and (value is None or (isinstance(value, str) and not value.strip())))
+        }
         try:
-            parsed = float(value)
-        except ValueError:
-            return self._fail(key, value, "must be a number", default)
-        if not low <= parsed <= high:  # also rejects NaN
-            return self._fail(key, value, f"must be between {low:g} and {high:g}", default)
-        return parsed
+            return cls.model_validate(ours)
+        except ValidationError as error:
+            problems = [_describe(details, ours, fields) for details in error.errors(include_url=False)]
+            raise ConfigError("invalid CDK context:" + "".join(_BULLET + item for item in problems)) from None
 
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0", "on", "off"}:
-            return value.lower() in {"true", "yes", "1", "on"}
-        return self._fail(key, value, "must be true or false", default)
 
-    def preload(self, key: str) -> tuple[str, ...]:
-        value = self._raw(key)
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            items = [item.strip() for item in value.split(",") if item.strip()]
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            items = [item.strip() for item in value]
-        else:
-            return self._fail(key, value, "must be a comma-separated string or a list of strings", ())
-        bad = [item for item in items if not _MODEL_REFERENCE_PATTERN.fullmatch(item) or ".." in item]
-        if bad:
-            return self._fail(
-                key, value, f"invalid model reference(s) {bad}: expected name or name:version", ()
-            )
-        if len(set(items)) != len(items):
-            return self._fail(key, value, "lists a model twice", ())
-        return tuple(items)
+_MESSAGES = {
+    "string_type": "must be a string",
+}
 
-    def optional_zip(self, key: str) -> Path | None:
-        value = self._raw(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            return self._fail(key, value, "must be a path to a .zip file", None)
-        path = Path(value)
-        if not path.is_absolute():
-            path = REPO_ROOT / path
-        if path.suffix != ".zip" or not path.is_file():
-            return self._fail(key, value, f"{path} is not an existing .zip file", None)
-        return path
 
-    def reject_unknown_keys(self) -> None:
-        for key in sorted(self.context):
-            if key in KNOWN_KEYS or _FOREIGN_KEY_PATTERN.match(key):
-                continue
-            if re.fullmatch(r"[a-z][a-z0-9_]*", key):
-                self.errors.append(
-                    f"unknown context key {key!r}; known keys: {', '.join(sorted(KNOWN_KEYS))}"
-                )
+def _describe(details: ErrorDetails, context: Mapping[str, object], fields: Mapping[str, FieldInfo]) -> str:
+    """``key=value: problem``, in the context's own key names and without pydantic's jargon."""
+    if not details["loc"]:
+        return details["msg"]
+    key = str(details["loc"][0])
+    if details["type"] == "extra_forbidden":
+        guess = difflib.get_close_matches(key.lower().replace("-", "_"), list(fields), n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return f"unknown context key {key!r}{hint}; known keys: {', '.join(sorted(fields))}"
+    if details["type"] == "literal_error":
+        problem = f"must be one of {', '.join(map(str, get_args(fields[key].annotation)))}"
+    else:
+        problem = _MESSAGES.get(details["type"], details["msg"])
+    return f"{key}={context[key]!r}: {problem}"

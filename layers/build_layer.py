@@ -22,7 +22,8 @@ Each build:
 5. fails, with the figures, if the layer is over budget.
 
 Builds are cached: a layer is rebuilt only when the hash of its inputs changes (requirements file,
-architecture, platform tags, Python version of the compiler, pip version and this file's source).
+architecture, platform tags, Python version of the compiler, pip version and the builder's source: this
+file and ``elf.py``). A cached build needs no network: synth and the tests reach PyPI only on a change.
 
 Outputs, stable paths: ``layers/build/<arch>/<name>-layer.zip`` and ``layers/build/<arch>/layers.json``
 (sizes, sha256 and input hash of each layer).
@@ -50,8 +51,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+if not __package__:  # run as `python layers/build_layer.py`: make the `layers` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from layers.elf import ELF_MACHINES, HEADER_BYTES, elf_machine
+
 LAYERS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = LAYERS_DIR.parent
+# The builder's own source is one of its inputs: a change to it invalidates the cached layers.
+BUILDER_SOURCES = (LAYERS_DIR / "build_layer.py", LAYERS_DIR / "elf.py")
 BUILD_ROOT = LAYERS_DIR / "build"
 FIND_PYTHON_SCRIPT = REPO_ROOT / "scripts" / "find-python.sh"
 
@@ -73,7 +81,6 @@ PLATFORM_TAGS = {
     "x86_64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64"),
     "arm64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64"),
 }
-ELF_MACHINE = {"x86_64": 62, "arm64": 183}  # EM_X86_64, EM_AARCH64
 
 # Removed from every layer: never imported at run time on Lambda.
 PRUNED_DIR_NAMES = frozenset({"tests", "__pycache__"})
@@ -224,7 +231,7 @@ def input_hash(spec: LayerSpec, arch: str, python_identity: str) -> str:
         python_identity,
         _pip_version(),
         spec.requirements.read_text(encoding="utf-8"),
-        Path(__file__).read_text(encoding="utf-8"),
+        *(source.read_text(encoding="utf-8") for source in BUILDER_SOURCES),
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -259,14 +266,10 @@ _DT_NULL = 0
 _DT_NEEDED = 1
 
 
-def elf_machine(path: Path) -> int | None:
+def file_elf_machine(path: Path) -> int | None:
     """The ELF ``e_machine`` of ``path``, or None if it is not an ELF file."""
     with path.open("rb") as stream:
-        header = stream.read(20)
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        return None
-    (machine,) = struct.unpack_from("<H", header, 18)
-    return int(machine)
+        return elf_machine(stream.read(HEADER_BYTES))
 
 
 def elf_needed_libraries(path: Path) -> list[str]:
@@ -318,12 +321,12 @@ def pip_install(spec: LayerSpec, arch: str, target: Path, log: Logger) -> None:
 
 def check_architecture(python_dir: Path, arch: str) -> int:
     """Every ELF file must be built for the target machine: proof no host wheel slipped in."""
-    expected = ELF_MACHINE[arch]
+    expected = ELF_MACHINES[arch]
     count = 0
     for path in sorted(python_dir.rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
-        machine = elf_machine(path)
+        machine = file_elf_machine(path)
         if machine is None:
             continue
         count += 1
@@ -414,7 +417,7 @@ def write_deterministic_zip(stage_dir: Path, zip_path: Path) -> tuple[int, int]:
             unzipped += len(data)
             info = zipfile.ZipInfo(path.relative_to(stage_dir).as_posix(), date_time=ZIP_EPOCH)
             info.create_system = 3  # Unix, so external_attr holds POSIX permissions
-            executable = bool(path.stat().st_mode & stat.S_IXUSR) and elf_machine(path) is not None
+            executable = bool(path.stat().st_mode & stat.S_IXUSR) and file_elf_machine(path) is not None
             mode = EXECUTABLE_MODE if executable else FILE_MODE
             info.external_attr = (stat.S_IFREG | mode) << 16
             info.compress_type = zipfile.ZIP_DEFLATED

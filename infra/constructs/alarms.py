@@ -12,6 +12,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
+from modelship.core.identity import METRICS_NAMESPACE
 
 ERROR_RATE_THRESHOLD = 0.05  # 5 % of requests over a minute
 # Alarm when 3 of the last 5 one-minute periods breach: one bad minute (a deploy, a cold burst) is noise.
@@ -20,7 +21,6 @@ EVALUATION_PERIODS = 5
 DATAPOINTS_TO_ALARM = 3
 # The function's p99 alarms at this share of its timeout: beyond it, requests are about to time out.
 DURATION_SHARE_OF_TIMEOUT = 0.8
-THROTTLE_METRIC_NAMESPACE = "Modelship"
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class InferenceAlarms(Construct):
             "ApiThrottledFilter",
             log_group=props.access_logs,
             filter_pattern=logs.FilterPattern.string_value("$.status", "=", "429"),
-            metric_namespace=f"{THROTTLE_METRIC_NAMESPACE}/{props.stage_name}",
+            metric_namespace=f"{METRICS_NAMESPACE}/{props.stage_name}",
             metric_name="ApiThrottledRequests",
             metric_value="1",
             default_value=0,

@@ -12,6 +12,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+from modelship.core.identity import METRICS_NAMESPACE, SERVICE_NAME
 
 from infra.constructs.model_bucket import MODELS_PREFIX
 from infra.constructs.prebuilt_layer import LAMBDA_RUNTIME, lambda_architecture
@@ -64,8 +65,8 @@ class InferenceFunction(Construct):
             # Half the function's memory for loaded sessions; the rest is the runtime, numpy, onnxruntime's
             # arenas and request/response copies. The cache evicts before Lambda runs out of memory.
             "MODELSHIP_SESSION_MEMORY_MB": str(props.memory_mb // 2),
-            "POWERTOOLS_SERVICE_NAME": "modelship",
-            "POWERTOOLS_METRICS_NAMESPACE": "Modelship",
+            "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             "POWERTOOLS_LOG_LEVEL": "INFO",
             # Requests and responses carry tensors (megabytes): never copy them into logs or X-Ray
             # metadata (64 KB per segment).

@@ -10,6 +10,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from infra.config import ConfigError
+from layers.elf import HEADER_BYTES, architecture_name, elf_machine
 
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13
 
@@ -17,10 +18,6 @@ LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_13
 def lambda_architecture(name: str) -> lambda_.Architecture:
     """The CDK architecture for the names used in context and by the layer builder."""
     return {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}[name]
-
-
-# ELF e_machine values of the shared objects in a layer.
-_ELF_MACHINES = {62: "x86_64", 183: "arm64"}
 
 
 def elf_architectures(zip_path: Path) -> set[str]:
@@ -31,10 +28,9 @@ def elf_architectures(zip_path: Path) -> set[str]:
             if ".so" not in entry.filename.rsplit("/", 1)[-1]:
                 continue
             with archive.open(entry) as handle:
-                header = handle.read(20)
-            if header[:4] == b"\x7fELF":
-                machine = int.from_bytes(header[18:20], "little")
-                found.add(_ELF_MACHINES.get(machine, f"e_machine {machine}"))
+                machine = elf_machine(handle.read(HEADER_BYTES))
+            if machine is not None:
+                found.add(architecture_name(machine))
     return found
 
 

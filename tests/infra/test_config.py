@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aws_cdk import App
+from modelship.core.errors import BadRequest
+from modelship.core.names import parse_model_reference
 
-from infra.config import ConfigError, DeployConfig
+from infra.config import REPO_ROOT, ConfigError, DeployConfig
 
 pytestmark = pytest.mark.infra
+
+# What the CDK CLI (2.1148) puts in the app's context on its own, next to cdk.json's feature flags.
+CDK_CLI_CONTEXT: dict[str, object] = {
+    "@aws-cdk/core:failSynthOnValidationErrors": True,
+    "aws:cdk:bundling-stacks": ["**"],
+    "aws:cdk:enable-asset-metadata": True,
+    "aws:cdk:enable-path-metadata": True,
+    "aws:cdk:version-reporting": True,
+}
+
+
+def runtime_message(reference: str) -> str:
+    """What the runtime says of ``reference`` (MODELSHIP_PRELOAD, the routes, the CLI)."""
+    with pytest.raises(BadRequest) as raised:
+        parse_model_reference(reference)
+    return raised.value.message
 
 
 def test_defaults_need_no_context() -> None:
@@ -64,8 +87,24 @@ def test_typed_json_values_from_cdk_json_are_accepted() -> None:
 
 def test_cdk_keys_and_feature_flags_are_ignored() -> None:
     DeployConfig.from_context(
-        {"@aws-cdk/core:checkSecretUsage": True, "aws:cdk:enable-path-metadata": True, "cdk-toolkit": "x"}
+        {
+            "@aws-cdk/core:checkSecretUsage": True,
+            "aws:cdk:enable-path-metadata": True,
+            "acknowledged-issue-numbers": [12345],
+            "cli-telemetry": False,
+            "availability-zones:account=123456789012:region=eu-west-1": ["eu-west-1a"],
+        }
     )
+
+
+def test_the_context_the_cdk_cli_passes_is_accepted() -> None:
+    app = App(context={**CDK_CLI_CONTEXT, "memory": "4096"})
+    assert DeployConfig.from_context(app.node.get_all_context()).memory_mb == 4096
+
+
+def test_empty_values_mean_the_default() -> None:
+    config = DeployConfig.from_context({"memory": "", "stage": " ", "reserved_concurrency": "off"})
+    assert (config.memory_mb, config.stage, config.reserved_concurrency) == (2048, "prod", None)
 
 
 @pytest.mark.parametrize(
@@ -81,17 +120,28 @@ def test_cdk_keys_and_feature_flags_are_ignored() -> None:
         ("stage", "Prod", "1-16 characters"),
         ("stage", "a-very-long-stage-name", "1-16 characters"),
         ("stage", "dev-", "1-16 characters"),
-        ("preload", "iris,../etc", "invalid model reference"),
+        ("preload", "iris,../etc", "invalid model name '../etc'"),
         ("preload", "iris,iris", "twice"),
-        ("preload", "iris:latest", "invalid model reference"),
+        ("preload", "iris:latest", "invalid model version 'latest'"),
+        ("preload", 3, "comma-separated string or a list of strings"),
         ("snapstart", "maybe", "true or false"),
+        ("snapstart", "Y", "true or false"),
+        ("api_cloudwatch_role", 1, "true or false"),
+        ("preload", ["iris", ""], "one model reference"),
+        ("preload", ["iris, resnet"], "one model reference"),
+        ("cdkmemory", "4096", "unknown context key 'cdkmemory'"),
         ("removal", "snapshot", "must be one of retain, destroy"),
         ("log_retention_days", "31", "must be one of"),
         ("throttle_rate", "nan", "between 1 and 10000"),
         ("reserved_concurrency", "0", "between 1 and 10000"),
         ("alarm_topic_arn", "arn:aws:sqs:eu-west-1:123456789012:q", "SNS topic ARN"),
         ("onnx_layer_zip", "/nonexistent/layer.zip", "not an existing .zip"),
-        ("archtecture", "x86_64", "unknown context key 'archtecture'"),
+        ("archtecture", "x86_64", "unknown context key 'archtecture' (did you mean 'architecture'?)"),
+        ("memroy", "4096", "unknown context key 'memroy' (did you mean 'memory'?)"),
+        ("Memory", "4096", "unknown context key 'Memory' (did you mean 'memory'?)"),
+        ("log-retention-days", "7", "unknown context key 'log-retention-days' (did you mean"),
+        ("memory_mb", "4096", "unknown context key 'memory_mb'"),  # a field name, not a context key
+        ("functions_dir", "/tmp", "unknown context key 'functions_dir'"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_key_and_the_reason(
@@ -101,6 +151,19 @@ def test_invalid_values_are_rejected_with_the_key_and_the_reason(
         DeployConfig.from_context({key: value})
     assert key in str(raised.value)
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("reference", ["iris:0", "iris:01", "iris:", "iris:-1", "iris:2147483648"])
+def test_preload_is_checked_by_the_runtime_grammar(reference: str) -> None:
+    """A preload that synthesizes but that every Lambda init would reject is refused at synth."""
+    with pytest.raises(ConfigError) as raised:
+        DeployConfig.from_context({"preload": f"resnet:2,{reference}"})
+    assert f"preload='resnet:2,{reference}': {runtime_message(reference)}" in str(raised.value)
+
+
+def test_preload_is_stored_normalised() -> None:
+    config = DeployConfig.from_context({"preload": ["iris", " resnet : 2 "]})
+    assert config.preload == ("iris", "resnet:2")
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -131,6 +194,22 @@ def test_synth_reports_bad_context_before_building_anything() -> None:
 
     with pytest.raises(ConfigError, match="architecture"):
         build_app({"architecture": "sparc"})
+
+
+def test_cdk_synth_exits_2_with_the_runtime_message(tmp_path: Path) -> None:
+    """`cdk synth -c preload=iris:0` runs the app as the CLI does: it stops before building any layer."""
+    context = {**CDK_CLI_CONTEXT, "preload": "iris:0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.app"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"preload='iris:0': {runtime_message('iris:0')}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_layer_built_for_the_other_architecture_is_refused(

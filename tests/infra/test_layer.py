@@ -1,8 +1,11 @@
-"""The layer builder: deterministic zips, budgets, ELF checks, and a smoke test of the real layer.
+"""The layer builder: deterministic zips, budgets, ELF checks, its cache, and a smoke test of the real layer.
 
 The smoke test runs a real python3.13 for the host architecture with *only* the built layers on
 ``sys.path`` (``-I -S``: no site-packages, no user site, no environment), imports onnxruntime from the
 layer and runs a small model written beforehand with the dev environment's ``onnx``.
+
+The tests of the real layers are ``slow`` and ``network``: on a cache miss they install wheels from PyPI
+(minutes). With the cache in ``layers/build/`` up to date they only read it, and reach no registry.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from modelship.core.default_model import softmax_classifier
 
 from layers import build_layer
 from layers.build_layer import (
@@ -30,6 +32,7 @@ from layers.build_layer import (
     find_python313,
     write_deterministic_zip,
 )
+from layers.elf import ELF_MACHINES, architecture_name, elf_machine
 
 pytestmark = pytest.mark.infra
 
@@ -80,6 +83,17 @@ def test_elf_parser_agrees_with_readelf() -> None:
     assert elf_needed_libraries(shared_object) == expected
 
 
+def test_one_elf_map_for_the_builder_and_the_cdk_app() -> None:
+    for arch, machine in ELF_MACHINES.items():
+        header = b"\x7fELF\x02\x01\x01" + b"\0" * 11 + machine.to_bytes(2, "little")
+        assert (elf_machine(header), architecture_name(machine)) == (machine, arch)
+    assert elf_machine(b"#!/bin/sh\n" + b"\0" * 30) is None
+    assert elf_machine(b"\x7fELF") is None
+    assert architecture_name(3) == "e_machine 3"
+    shared_object = next((Path(np.__file__).parent / "_core").glob("_multiarray_umath*.so"))
+    assert build_layer.file_elf_machine(shared_object) == ELF_MACHINES[HOST_ARCH]
+
+
 def test_over_budget_fails_with_the_figures() -> None:
     artifact = LayerArtifact(
         name="onnx", arch="x86_64", zip_path=Path("x.zip"), sha256="0" * 64, zipped_bytes=40 * 1024 * 1024,
@@ -105,6 +119,37 @@ def test_input_hash_follows_requirements_and_architecture(tmp_path: Path) -> Non
     assert base != build_layer.input_hash(spec, "x86_64", "3.13.0 cpython-313")
 
 
+def test_unchanged_inputs_reuse_the_cached_zip_without_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python313: Path
+) -> None:
+    """The cache is keyed by the hash of the inputs: unchanged, no pip (no network); changed, a rebuild."""
+    monkeypatch.setattr(build_layer, "BUILD_ROOT", tmp_path / "build")
+    monkeypatch.setattr(build_layer, "REPO_ROOT", tmp_path)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("tiny==1.0\n")
+    spec = LayerSpec(
+        name="tiny", requirements=requirements, max_zipped_bytes=1 << 20, max_unzipped_bytes=1 << 20
+    )
+    installs: list[str] = []
+
+    def fake_pip_install(spec: LayerSpec, arch: str, target: Path, log: object) -> None:
+        installs.append(spec.requirements.read_text())
+        (target / "tiny.py").write_text("VALUE = 1\n")
+
+    monkeypatch.setattr(build_layer, "pip_install", fake_pip_install)
+
+    def build() -> LayerArtifact:
+        return build_layer.build_layer(spec, HOST_ARCH, python313=python313, log=lambda _: None)
+
+    first, second = build(), build()
+    assert (first.cached, second.cached) == (False, True)
+    assert second.sha256 == first.sha256
+    assert installs == ["tiny==1.0\n"]
+    requirements.write_text("tiny==1.1\n")
+    assert not build().cached
+    assert len(installs) == 2
+
+
 # --- the real layers (host architecture) --------------------------------------------------------------
 
 
@@ -122,6 +167,8 @@ def host_layers(python313: Path) -> dict[str, LayerArtifact]:
     return build_layer.build_layers(HOST_ARCH)
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_layers_fit_their_budgets(host_layers: dict[str, LayerArtifact]) -> None:
     onnx_layer = host_layers["onnx"]
     assert onnx_layer.zipped_bytes <= 30 * 1024 * 1024
@@ -133,6 +180,8 @@ def test_layers_fit_their_budgets(host_layers: dict[str, LayerArtifact]) -> None
     assert manifest["layers"]["onnx"]["sha256"] == onnx_layer.sha256
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_onnx_layer_is_stripped_but_keeps_python313_bytecode(host_layers: dict[str, LayerArtifact]) -> None:
     with zipfile.ZipFile(host_layers["onnx"].zip_path) as archive:
         infos = archive.infolist()
@@ -166,6 +215,8 @@ def test_onnx_layer_is_stripped_but_keeps_python313_bytecode(host_layers: dict[s
     assert b"/opt/python/numpy/__init__.py" in init_pyc
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_deps_layer_rebuilds_to_the_same_bytes(
     host_layers: dict[str, LayerArtifact], python313: Path
 ) -> None:
@@ -178,27 +229,10 @@ def test_deps_layer_rebuilds_to_the_same_bytes(
 
 
 def tiny_classifier(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A 4-feature, 3-class linear model (iris-shaped): probabilities via Softmax and the argmax label."""
+    """A 4-feature, 3-class linear model (iris-shaped), built as the bundled model is."""
     weights = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
     bias = np.array([0.5, -0.5, 0.0], dtype=np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "weights"], ["logits_raw"]),
-            helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
-        ],
-        "tiny_classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
-            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-        ],
-        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(softmax_classifier(weights, bias, name="tiny_classifier"))
     return weights, bias
 
 
@@ -232,6 +266,8 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_smoke_only_the_layers_run_a_model(
     host_layers: dict[str, LayerArtifact], python313: Path, tmp_path: Path
 ) -> None:
