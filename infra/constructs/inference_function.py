@@ -65,6 +65,9 @@ class InferenceFunction(Construct):
             # Half the function's memory for loaded sessions; the rest is the runtime, numpy, onnxruntime's
             # arenas and request/response copies. The cache evicts before Lambda runs out of memory.
             "MODELSHIP_SESSION_MEMORY_MB": str(props.memory_mb // 2),
+            # Half the function's timeout for one onnxruntime run: a runaway model is stopped with a 504
+            # from the function, leaving the other half for fetching and loading the model first.
+            "MODELSHIP_INFERENCE_TIMEOUT_SECONDS": str(max(1, props.timeout_seconds // 2)),
             "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             "POWERTOOLS_LOG_LEVEL": "INFO",

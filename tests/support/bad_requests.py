@@ -100,6 +100,19 @@ BAD_REQUESTS = [
         message="invalid dimension",
     ),
     BadRequestCase(
+        "booleans-for-numbers",
+        IRIS,
+        _iris([{**GOOD_INPUT, "data": [True, 3.5, 1.4, 0.2]}]),
+        message="true and false are not FP32 values",
+    ),
+    BadRequestCase(
+        "header-length-of-thousands-of-digits",
+        IRIS,
+        _iris([GOOD_INPUT]),
+        headers={"Inference-Header-Content-Length": "9" * 5000},
+        message="Inference-Header-Content-Length",
+    ),
+    BadRequestCase(
         "strings-for-numbers",
         IRIS,
         _iris([{**GOOD_INPUT, "data": ["5.1", "3.5", "1.4", "0.2"]}]),

@@ -95,3 +95,12 @@ def test_header_names_are_case_insensitive(service: InferenceService) -> None:
     event["body"] = base64.b64encode(body).decode()
     event["isBase64Encoded"] = True
     assert handle_event(service, event)["statusCode"] == 200
+
+
+def test_a_text_body_with_a_lone_surrogate_is_a_400(service: InferenceService) -> None:
+    """JSON can spell a lone surrogate ("\\ud800") inside an event; UTF-8 cannot encode it."""
+    event = load_event("infer_json.json")
+    event["body"] = '{"inputs": "\ud800"}'
+    result = handle_event(service, event)
+    assert result["statusCode"] == 400
+    assert orjson.loads(result["body"])["error"] == "request body is not valid UTF-8 text"

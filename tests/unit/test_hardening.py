@@ -4,6 +4,9 @@ memory for unknown models, Lambda's response cap, HEAD, malformed events, hostil
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -14,6 +17,7 @@ from modelship.core.service import InferenceService
 from modelship.core.settings import Settings
 from modelship.doors import apigw
 
+from tests.support.clock import FakeClock
 from tests.support.models import identity_model, write_model
 
 INFER_FP32 = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
@@ -158,3 +162,56 @@ def test_a_fifo_planted_in_the_store_fails_closed_without_hanging(
 def test_invalid_timing_settings_are_refused(value: str) -> None:
     with pytest.raises(ValueError, match="MODELSHIP_FAILURE_RETRY_SECONDS"):
         Settings.from_env({"MODELSHIP_FAILURE_RETRY_SECONDS": value})
+
+
+def test_a_background_preload_leaves_the_server_answering_while_the_store_hangs(
+    repository: ModelRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A door listens at once; readiness says what is still loading, and never waits on the store."""
+    repository.push(write_model(tmp_path, "m", identity_model("FP32")), "m")
+    store_answers = threading.Event()
+    real_list_keys = repository.blobs.list_keys
+
+    def hanging_list_keys(prefix: str) -> Iterator[str]:
+        store_answers.wait(timeout=30)
+        return real_list_keys(prefix)
+
+    monkeypatch.setattr(repository.blobs, "list_keys", hanging_list_keys)
+    service = InferenceService(repository, Settings(store_uri=repository.uri, preload=(("m", None),)))
+    preloader = service.start_preload()
+    started = time.monotonic()
+    assert service.handle("GET", "/v2/health/live", {}, b"").status == 200
+    ready = service.handle("GET", "/v2/health/ready", {}, b"")
+    assert ready.status == 503 and "still loading: ['m']" in orjson.loads(ready.body)["error"]
+    assert time.monotonic() - started < 5
+    store_answers.set()
+    preloader.join(timeout=30)
+    assert service.handle("GET", "/v2/health/ready", {}, b"").status == 200
+
+
+def test_a_stale_listing_is_refreshed_once_while_others_answer_from_memory(
+    repository: ModelRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that stops answering costs one slow call per retry period, not one per request."""
+    repository.push(write_model(tmp_path, "m", identity_model("FP32")), "m")
+    clock = FakeClock()
+    service = InferenceService(
+        repository,
+        Settings(store_uri=repository.uri, version_poll_seconds=60, failure_retry_seconds=5),
+        clock=clock,
+    )
+    assert service.handle("POST", "/v2/models/m/infer", {}, INFER_FP32).status == 200
+    listings: list[str] = []
+
+    def unreachable(prefix: str) -> Iterator[str]:
+        listings.append(prefix)
+        raise OSError("connection timed out")
+
+    monkeypatch.setattr(repository.blobs, "list_keys", unreachable)
+    clock.advance(61)
+    for _ in range(6):
+        assert service.handle("POST", "/v2/models/m/infer", {}, INFER_FP32).status == 200
+    assert len(listings) == 1, "one failed refresh, remembered"
+    clock.advance(5)
+    assert service.handle("POST", "/v2/models/m/infer", {}, INFER_FP32).status == 200
+    assert len(listings) == 2, "retried after failure_retry_seconds"

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from modelship.core.default_model import build_iris_model
 from modelship.core.service import InferenceService
+from modelship.core.settings import Settings
 
 from tests.support.models import SAMPLE_BY_DATATYPE, add_sub_model
 from tests.support.oip import binary_request, json_request, read_response
@@ -129,6 +130,49 @@ def test_zero_batch(service: InferenceService) -> None:
     body = orjson.dumps({"inputs": [{"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}]})
     _, document, _ = infer(service, "identity_fp32", body)
     assert document["outputs"][0]["shape"] == [0, 3]
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+def test_zero_batch_with_binary_outputs(service: InferenceService, datatype: str) -> None:
+    """A zero-size batch asks for empty binary tensors: a 200, not a 500."""
+    empty = np.empty((0, 3), dtype=object if datatype == "BYTES" else np.float32)
+    body, headers = binary_request({"x": (empty, datatype)}, parameters={"binary_data_output": True})
+    _, document, arrays = infer(service, f"identity_{datatype.lower()}", body, headers)
+    assert document["outputs"][0]["parameters"]["binary_data_size"] == 0
+    assert arrays["y"].shape == (0, 3)
+
+
+def test_error_messages_name_no_path_of_the_machine(
+    service: InferenceService, populated_store: Path, tmp_path: Path
+) -> None:
+    """onnxruntime's kernel errors carry its source paths; a store's errors could carry its root."""
+    mismatched = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "a", "shape": [2, 4], "datatype": "FP32", "data": [1.0] * 8},
+                {"name": "b", "shape": [3, 4], "datatype": "FP32", "data": [1.0] * 12},
+            ]
+        }
+    )
+    rejected = service.handle("POST", "/v2/models/add_sub/infer", {}, mismatched)
+    assert rejected.status == 400
+    error = orjson.loads(rejected.body)["error"]
+    assert "onnxruntime rejected the input" in error and "<path>" in error
+    assert "onnxruntime_src" not in error
+
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(populated_store, store)
+    model_file = store / "models" / "iris" / "1" / "model.onnx"
+    model_file.unlink()
+    model_file.mkdir()
+    broken = InferenceService.from_settings(Settings(store_uri=str(store)))
+    response = broken.handle("GET", "/v2/models/iris", {}, b"")
+    assert response.status == 503
+    index = broken.handle("POST", "/v2/repository/index", {}, b"")
+    for body in (response.body, index.body):
+        assert str(tmp_path).encode() not in body and b"model.onnx" not in body, body
 
 
 def test_manifest_records_the_producer(iris_model: tuple[bytes, list[str]], tmp_path: Path) -> None:

@@ -9,19 +9,69 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from modelship.core.errors import Conflict, ModelUnavailable
 
 # Worst case (1 + 4) s x 3 attempts plus backoff stays under the function's 20 s timeout, so a stalled
-# S3 gives the caller a 503 from us rather than a bare 502 from API Gateway. The read timeout bounds
-# each socket read, not a whole download, so large models are not affected.
+# S3 gives the caller a 503 from us rather than a bare 502 from API Gateway. Attempts are total attempts
+# (botocore's ``total_max_attempts``: its ``max_attempts`` counts retries, which made 3 mean 4). The read
+# timeout bounds each socket read; a whole download is bounded by the deadline below.
 S3_CONNECT_TIMEOUT_SECONDS: Final = 1.0
 S3_READ_TIMEOUT_SECONDS: Final = 4.0
 S3_MAX_ATTEMPTS: Final = 3
+# A whole download must finish within a fixed allowance plus its size at a minimum throughput, and never
+# take longer than the cap: a server that trickles a byte per read timeout cannot hold a load for hours.
+S3_DOWNLOAD_ALLOWANCE_SECONDS: Final = 10.0
+S3_DOWNLOAD_MIN_BYTES_PER_SECOND: Final = 1024 * 1024
+S3_DOWNLOAD_MAX_SECONDS: Final = 600.0
+# The most one socket read asks for; a trickle returns far less, and the deadline is checked after each.
+_DOWNLOAD_CHUNK_BYTES: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class S3Limits:
+    """How long S3 may take: botocore's per-attempt timeouts and attempts, and the whole-download deadline.
+
+    ``connect_timeout_seconds``, ``read_timeout_seconds`` and ``max_attempts`` (in all, the first one
+    included) configure the client an ``S3BlobStore`` makes, not one handed in; the read timeout bounds
+    each socket read. The download deadline bounds one ``read`` as a whole, from the request to the last
+    byte (``download_seconds``); it is checked after every socket read, so it may be overrun by at most
+    one read timeout.
+    """
+
+    connect_timeout_seconds: float = S3_CONNECT_TIMEOUT_SECONDS
+    read_timeout_seconds: float = S3_READ_TIMEOUT_SECONDS
+    max_attempts: int = S3_MAX_ATTEMPTS
+    download_allowance_seconds: float = S3_DOWNLOAD_ALLOWANCE_SECONDS
+    download_min_bytes_per_second: float = S3_DOWNLOAD_MIN_BYTES_PER_SECOND
+    download_max_seconds: float = S3_DOWNLOAD_MAX_SECONDS
+
+    def __post_init__(self) -> None:
+        for name in (
+            "connect_timeout_seconds",
+            "read_timeout_seconds",
+            "download_allowance_seconds",
+            "download_min_bytes_per_second",
+            "download_max_seconds",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"S3Limits.{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"S3Limits.max_attempts must be at least 1, got {self.max_attempts!r}")
+
+    def download_seconds(self, size: int) -> float:
+        """The deadline of a whole download of ``size`` bytes: allowance + size at the minimum throughput,
+        capped. (The read timeout still applies to each socket read within it.)"""
+        return min(
+            self.download_max_seconds,
+            self.download_allowance_seconds + size / self.download_min_bytes_per_second,
+        )
 
 
 class BlobNotFound(Exception):
@@ -116,11 +166,22 @@ class LocalBlobStore(BlobStore):
 
 
 class S3BlobStore(BlobStore):
-    def __init__(self, bucket: str, prefix: str, client: Any | None = None) -> None:
+    """An S3 bucket prefix. Each ``read`` is bounded as a whole by ``limits.download_seconds`` of the
+    object's size: past the deadline it gives up with ``ModelUnavailable`` and closes the connection."""
+
+    def __init__(
+        self, bucket: str, prefix: str, client: Any | None = None, limits: S3Limits | None = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._client = client if client is not None else _make_s3_client()
+        self.limits = limits if limits is not None else S3Limits()
+        self._client = client if client is not None else _make_s3_client(self.limits)
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (e.g. to observe its calls through ``client.meta.events``)."""
+        return self._client
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -128,24 +189,68 @@ class S3BlobStore(BlobStore):
     def read(self, key: str, max_bytes: int) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        started = time.monotonic()
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            if int(response.get("ContentLength", 0)) > max_bytes:
-                response["Body"].close()
-                raise BlobTooLarge(key)
-            body = response["Body"]
-            data: bytes = body.read(max_bytes + 1)
-            body.close()
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code in {"NoSuchKey", "404", "NotFound"}:
                 raise BlobNotFound(key) from None
-            raise ModelUnavailable(f"cannot read {self.uri}/{key}: {code or error}") from None
+            raise ModelUnavailable(f"cannot read {key} from the model store: {code or 'S3 error'}") from None
         except BotoCoreError as error:
-            raise ModelUnavailable(f"cannot read {self.uri}/{key}: {error}") from None
-        if len(data) > max_bytes:
-            raise BlobTooLarge(key)
-        return data
+            # The error's own text names the endpoint and bucket: a client gets the kind of failure only.
+            raise ModelUnavailable(
+                f"cannot read {key} from the model store: {type(error).__name__}"
+            ) from None
+        body = response["Body"]
+        try:
+            length = response.get("ContentLength")
+            size = int(length) if length is not None else None
+            if size is not None and size > max_bytes:
+                raise BlobTooLarge(key)
+            budget = self.limits.download_seconds(max_bytes if size is None else size)
+            return self._read_body(body, key, size, max_bytes, started, budget)
+        finally:
+            # After the last byte the connection is already back in the pool and this is a no-op; after a
+            # timeout or an error it closes the socket, so a half-read response is never reused.
+            body.close()
+
+    def _read_body(
+        self, body: Any, key: str, size: int | None, max_bytes: int, started: float, budget: float
+    ) -> bytes:
+        import http.client
+
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError
+
+        read_some = _partial_reader(body)
+        chunks: list[bytes] = []
+        received = 0
+        expected = "?" if size is None else str(size)
+        while True:
+            if time.monotonic() - started >= budget:
+                raise ModelUnavailable(
+                    f"downloading {key} from the model store timed out: "
+                    f"{received} of {expected} bytes arrived within {budget:.1f} s"
+                )
+            try:
+                chunk = read_some(min(_DOWNLOAD_CHUNK_BYTES, max_bytes + 1 - received))
+            except (BotoCoreError, HTTPError, http.client.HTTPException, OSError) as error:
+                raise ModelUnavailable(
+                    f"cannot read {key} from the model store: {type(error).__name__} "
+                    f"after {received} of {expected} bytes"
+                ) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > max_bytes:
+                raise BlobTooLarge(key)
+        if size is not None and received != size:
+            raise ModelUnavailable(
+                f"cannot read {key} from the model store: the download ended after {received} of {size} bytes"
+            )
+        return b"".join(chunks)
 
     def write(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         from botocore.exceptions import ClientError
@@ -171,26 +276,42 @@ class S3BlobStore(BlobStore):
                 yield str(item["Key"])[strip:]
 
 
-def _make_s3_client() -> Any:
+def _partial_reader(body: Any) -> Callable[[int], bytes]:
+    """A read of at most n bytes that returns once any have arrived (one socket read), so that a trickling
+    server cannot hold a single call for long: the deadline is checked between calls.
+
+    botocore's ``StreamingBody.read(n)`` waits for all n bytes. Beneath it, urllib3 >= 2.3 has ``read1``;
+    older urllib3 wraps an ``http.client.HTTPResponse``, which has had ``read1`` since Python 3.5 (it
+    bypasses urllib3's bookkeeping, so the connection is closed rather than pooled afterwards). moto's
+    in-process responses are ``BytesIO``. Anything else falls back to ``read``."""
+    raw = getattr(body, "_raw_stream", body)
+    for stream in (raw, getattr(raw, "_fp", None)):
+        read1 = getattr(stream, "read1", None)
+        if callable(read1):
+            return read1  # type: ignore[no-any-return]
+    return body.read  # type: ignore[no-any-return]
+
+
+def _make_s3_client(limits: S3Limits) -> Any:
     # Imported here so local stores never pay for boto3 at cold start.
     import boto3
     from botocore.config import Config
 
     config = Config(
-        connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
-        read_timeout=S3_READ_TIMEOUT_SECONDS,
-        retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+        connect_timeout=limits.connect_timeout_seconds,
+        read_timeout=limits.read_timeout_seconds,
+        retries={"total_max_attempts": limits.max_attempts, "mode": "standard"},
     )
     return boto3.client("s3", config=config)
 
 
-def open_blob_store(uri: str) -> BlobStore:
-    """``s3://bucket[/prefix]``, ``file:///abs/path`` or a plain path."""
+def open_blob_store(uri: str, s3_limits: S3Limits | None = None) -> BlobStore:
+    """``s3://bucket[/prefix]``, ``file:///abs/path`` or a plain path. ``s3_limits`` applies to S3 only."""
     if uri.startswith("s3://"):
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         if not bucket:
             raise ValueError(f"store URI {uri!r} names no bucket")
-        return S3BlobStore(bucket, prefix)
+        return S3BlobStore(bucket, prefix, limits=s3_limits)
     if uri.startswith("file://"):
         uri = uri.removeprefix("file://")
     elif "://" in uri:

@@ -39,6 +39,12 @@ class PayloadTooLarge(ModelshipError):
     status = 413
 
 
+class DeadlineExceeded(ModelshipError):
+    """A run passed its deadline and was stopped."""
+
+    status = 504
+
+
 class ModelUnavailable(ModelshipError):
     """The model exists but cannot be served: integrity failure, unloadable graph, store outage."""
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from modelship.core.deadlines import RunWatchdog
 from modelship.core.errors import ModelshipError, ModelUnavailable, NotFound
 from modelship.core.names import validate_model_name
 from modelship.core.observer import Observer
@@ -18,6 +19,10 @@ from modelship.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+# How many names whose listing failed are remembered (and answered from memory) at once.
+MAX_REMEMBERED_LISTING_FAILURES = 1024
+# How long a request waits for a stale listing's refresh before answering from what is known.
+REFRESH_WAIT_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,43 +63,118 @@ class ModelLifecycle:
         self.settings = settings
         self.observer = observer
         self.cache = SessionCache(settings.session_memory_bytes)
+        self.watchdog = RunWatchdog()
         self._clock = clock
         self._failures: dict[tuple[str, int], LoadFailure] = {}
         self._versions: dict[str, _KnownVersions] = {}
+        # One background refresh of a model's listing at a time; only names the store holds get one.
+        self._refreshers: dict[str, threading.Thread] = {}
+        self._listing_failures: dict[str, LoadFailure] = {}
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
     def get(self, name: str, version: int | None) -> LoadedModel:
-        if version is None:
-            version = self.resolve_latest(name)
-        model = self.cache.get(name, version)
-        return model if model is not None else self._load(name, version)
+        """A loaded model: ``version``, or the latest. A newest version that cannot be loaded does not
+        replace a good one already serving: the newest loaded older version answers meanwhile."""
+        if version is not None:
+            model = self.cache.get(name, version)
+            return model if model is not None else self._load(name, version)
+        newest = self.resolve_latest(name)
+        model = self.cache.get(name, newest)
+        if model is not None:
+            return model
+        try:
+            return self._load(name, newest)
+        except ModelUnavailable:
+            fallback = self._newest_loaded(name, below=newest)
+            if fallback is None:
+                raise
+            logger.warning("%s v%s is unavailable; v%s keeps serving", name, newest, fallback.version)
+            return fallback
+
+    def load_latest(self, name: str) -> LoadedModel:
+        """An explicit load (the repository extension): list the store now, and load its newest version,
+        with no fallback: the caller asked for that version and learns why it failed."""
+        validate_model_name(name)
+        self._versions.pop(name, None)
+        newest = self.resolve_latest(name)
+        model = self.cache.get(name, newest)
+        return model if model is not None else self._load(name, newest)
 
     def versions(self, name: str) -> tuple[int, ...]:
-        """The model's published versions, ascending: from memory within the poll window, else listed."""
+        """The model's published versions, ascending: from memory within the poll window, else listed.
+
+        When the listing is stale, one background thread lists the store; requests wait for it at most
+        ``REFRESH_WAIT_SECONDS`` and otherwise answer from what is known. A failed listing keeps what is
+        known and is retried after ``failure_retry_seconds``: an unreachable store costs no request more
+        than that short wait, and the store one call per model per retry period.
+        """
         known = self._versions.get(name)
         now = self._clock()
         if known is not None and now - known.listed_at < self.settings.version_poll_seconds:
             return known.versions
         validate_model_name(name)
+        if known is None:
+            return self._list_versions(name, None)
+        with self._locks_guard:
+            refresher = self._refreshers.get(name)
+            if refresher is None or not refresher.is_alive():
+                refresher = threading.Thread(
+                    target=self._refresh, args=(name, known), name=f"modelship-refresh-{name}", daemon=True
+                )
+                self._refreshers[name] = refresher
+                refresher.start()
+        refresher.join(REFRESH_WAIT_SECONDS)
+        current = self._versions.get(name)
+        return current.versions if current is not None else known.versions
+
+    def _refresh(self, name: str, known: _KnownVersions) -> None:
+        try:
+            self._list_versions(name, known)
+        except ModelshipError as error:
+            logger.warning("cannot refresh the versions of %s: %s", name, error.message)
+
+    def _list_versions(self, name: str, known: _KnownVersions | None) -> tuple[int, ...]:
+        failed = self._listing_failures.get(name)
+        if (
+            known is None
+            and failed is not None
+            and self._clock() - failed.at < self.settings.failure_retry_seconds
+        ):
+            raise ModelUnavailable(failed.message)
         try:
             versions = tuple(self.repository.versions(name))
         except ModelshipError:
             raise
         except Exception as error:
+            now = self._clock()
             if known is not None:
                 # A store outage must not stop a warm server from serving what it already verified.
-                logger.warning("cannot refresh the versions of %s, keeping %s: %s", name, known, error)
+                logger.warning(
+                    "cannot refresh the versions of %s, keeping %s: %s", name, known.versions, error
+                )
+                retry_at = now - self.settings.version_poll_seconds + self.settings.failure_retry_seconds
+                self._versions[name] = _KnownVersions(known.versions, retry_at)
                 return known.versions
-            raise ModelUnavailable(f"cannot list versions of {name!r}: {first_line(error)}") from None
+            message = f"cannot list versions of {name!r}: {first_line(error)}"
+            if len(self._listing_failures) >= MAX_REMEMBERED_LISTING_FAILURES:
+                # Random names during an outage must not grow memory without bound.
+                self._listing_failures.clear()
+            self._listing_failures[name] = LoadFailure(message, now)
+            raise ModelUnavailable(message) from None
+        self._listing_failures.pop(name, None)
         if not versions:
             self._versions.pop(name, None)
             raise NotFound(f"model {name!r} is not in the store")
-        self._versions[name] = _KnownVersions(versions, now)
+        self._versions[name] = _KnownVersions(versions, self._clock())
         return versions
 
     def resolve_latest(self, name: str) -> int:
         return self.versions(name)[-1]
+
+    def _newest_loaded(self, name: str, below: int) -> LoadedModel | None:
+        older = [model for model in self.cache.loaded() if model.name == name and model.version < below]
+        return max(older, key=lambda model: model.version, default=None)
 
     def failure(self, name: str, version: int) -> LoadFailure | None:
         return self._failures.get((name, version))
@@ -122,7 +202,14 @@ class ModelLifecycle:
             try:
                 manifest = self.repository.read_manifest(name, version)
                 data = self.repository.fetch_verified(manifest)
-                model = load_model(manifest, data, self.settings.intra_op_threads)
+                model = load_model(
+                    manifest,
+                    data,
+                    self.watchdog,
+                    self.settings.inference_timeout_seconds,
+                    self.settings.intra_op_threads,
+                )
+                self._refuse_over_budget(model)
             except ModelUnavailable as error:
                 self._remember_failure(key, error.message)
                 logger.error("model %s v%s unavailable: %s", name, version, error.message)
@@ -143,5 +230,21 @@ class ModelLifecycle:
             logger.info("loaded %s v%s in %.1f ms", name, version, model.load_seconds * 1000)
             return model
 
+    def _refuse_over_budget(self, model: LoadedModel) -> None:
+        budget = self.cache.budget_bytes
+        if model.memory_estimate > budget:
+            raise ModelUnavailable(
+                f"{model.name} version {model.version} needs about {_mib(model.memory_estimate)} MiB once "
+                f"loaded, over the session memory budget of {_mib(budget)} MiB"
+            )
+
+    def cancel_runs(self) -> int:
+        """Stop every onnxruntime run in flight, and any later one (shutdown). Returns how many ran."""
+        return self.watchdog.cancel_all()
+
     def _remember_failure(self, key: tuple[str, int], message: str) -> None:
         self._failures[key] = LoadFailure(message, self._clock())
+
+
+def _mib(size: int) -> int:
+    return -(-size // (1024 * 1024))

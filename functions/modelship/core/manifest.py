@@ -21,11 +21,22 @@ _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 class TensorSpec:
     name: str
     datatype: str
-    # -1 marks a dynamic dimension.
-    shape: tuple[int, ...]
+    # -1 marks a dynamic dimension; None, a tensor of any rank.
+    shape: tuple[int, ...] | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        return {
+            "name": self.name,
+            "datatype": self.datatype,
+            "shape": list(self.shape) if self.shape is not None else None,
+        }
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol's tensor metadata. Its shape is a list, so a tensor of any rank is
+        ``[-1]`` with the parameter ``any_rank``: a client must not take it for a scalar or a vector."""
+        if self.shape is not None:
+            return self.to_json()
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1], "parameters": {"any_rank": True}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +118,9 @@ def _specs(items: list[Any]) -> tuple[TensorSpec, ...]:
         datatype = _require(item, "datatype", str)
         if datatype not in NUMPY_DTYPE_BY_DATATYPE:
             raise ValueError(f"unknown datatype {datatype!r}")
-        shape = tuple(int(dim) for dim in _require(item, "shape", list))
+        raw_shape = item.get("shape")
+        # null: a tensor of any rank.
+        shape = None if raw_shape is None else tuple(int(dim) for dim in _require(item, "shape", list))
         specs.append(TensorSpec(name=_require(item, "name", str), datatype=datatype, shape=shape))
     return tuple(specs)
 

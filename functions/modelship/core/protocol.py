@@ -30,6 +30,8 @@ warnings.filterwarnings(
 
 MAX_DIMENSION: Final = 2**31 - 1
 MAX_ELEMENTS: Final = 2**31 - 1
+# onnxruntime's own limit on a tensor's rank is far higher; no served model needs more than this.
+MAX_RANK: Final = 32
 
 _INT_LIMITS: Final = {
     kind: np.iinfo(kind) for kind in ("<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8")
@@ -58,7 +60,8 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isascii() or not text.isdigit():
+    # Twenty digits is already past any body: refusing longer ones keeps int() from the digit limit.
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
         raise BadRequest(
             f"Inference-Header-Content-Length must be a non-negative integer, got {value[:32]!r}"
         )
@@ -96,6 +99,9 @@ def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | N
         json_part = view[:header_length]
         binary = view[header_length:]
     document = parse_json_object(json_part, "a JSON object with an 'inputs' list")
+    # A byte search is cheap; walking every element for true/false is not, so only when they appear.
+    json_bytes = json_part if isinstance(json_part, bytes) else json_part.tobytes()
+    may_hold_booleans = b"true" in json_bytes or b"false" in json_bytes
 
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -142,7 +148,7 @@ def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | N
         else:
             if "data" not in item:
                 raise BadRequest(f"input {name!r} has no 'data' (nor binary_data_size)")
-            feeds[name] = _decode_json(binding, item["data"], shape, count)
+            feeds[name] = _decode_json(binding, item["data"], shape, count, may_hold_booleans)
     if len(feeds) != len(model.required_inputs):
         missing = sorted(model.required_inputs - feeds.keys())
         raise BadRequest(f"missing required input(s) {missing}")
@@ -167,26 +173,35 @@ def _validate_shape(binding: InputBinding, shape: Any) -> tuple[tuple[int, ...],
     name = binding.name
     if not isinstance(shape, list):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if len(shape) != len(binding.shape):
+    # A tensor of any rank (binding.shape None) takes any list of dimensions.
+    expected_shape = binding.shape if binding.shape is not None else (-1,) * len(shape)
+    if len(shape) != len(expected_shape):
         raise BadRequest(
-            f"input {name!r}: expected rank {len(binding.shape)} shape {list(binding.shape)}, got {shape}"
+            f"input {name!r}: expected rank {len(expected_shape)} shape {list(expected_shape)}, got {shape}"
         )
+    if len(shape) > MAX_RANK:
+        raise BadRequest(f"input {name!r}: rank {len(shape)} is over the limit of {MAX_RANK}")
     count = 1
-    for dim, expected in zip(shape, binding.shape, strict=True):
+    for dim, expected in zip(shape, expected_shape, strict=True):
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 or dim > MAX_DIMENSION:
             raise BadRequest(f"input {name!r}: invalid dimension {dim!r} in shape {shape}")
         if expected >= 0 and dim != expected:
-            raise BadRequest(f"input {name!r}: shape {shape} does not fit the model's {list(binding.shape)}")
+            raise BadRequest(f"input {name!r}: shape {shape} does not fit the model's {list(expected_shape)}")
         count *= dim
     if count > MAX_ELEMENTS:
         raise BadRequest(f"input {name!r}: shape {shape} has too many elements")
     return tuple(shape), count
 
 
-def _decode_json(binding: InputBinding, data: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
+def _decode_json(
+    binding: InputBinding, data: Any, shape: tuple[int, ...], count: int, may_hold_booleans: bool
+) -> np.ndarray:
     name = binding.name
     if binding.datatype == BYTES:
         return _decode_json_strings(name, data, shape, count)
+    if may_hold_booleans and binding.dtype.kind != "b" and any(type(item) is bool for item in _flatten(data)):
+        # numpy would silently read true and false as 1 and 0.
+        raise BadRequest(f"input {name!r}: true and false are not {binding.datatype} values")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError) as error:
@@ -334,6 +349,30 @@ def _strings(array: np.ndarray) -> list[str]:
     ]
 
 
+def check_response_size(call: InferenceCall, results: list[np.ndarray], limit: int) -> None:
+    """Refuse, before encoding, a response that cannot fit in ``limit`` bytes: binary tensors take at
+    least their raw size, and a JSON element at least two bytes ("0,"). A tiny request can ask a model
+    for a huge output; building its JSON first would cost several times the output's memory."""
+    least = 0
+    for output, array in zip(call.outputs, results, strict=True):
+        if output.classification:
+            rows = array.size // array.shape[-1] if array.ndim and array.shape[-1] else 0
+            least += 2 * rows * min(output.classification, array.shape[-1] if array.ndim else 0)
+        elif output.binary:
+            least += array.nbytes if array.dtype != object else 4 * array.size
+        else:
+            least += 2 * array.size
+    if least > limit:
+        raise_response_too_large(least, limit, at_least=True)
+
+
+def raise_response_too_large(size: int, limit: int, *, at_least: bool = False) -> None:
+    raise BadRequest(
+        f"the response would be {'at least ' if at_least else ''}{size} bytes, over the {limit}-byte "
+        "response limit: request fewer outputs, binary outputs, or a smaller batch"
+    )
+
+
 def encode_infer_response(
     model: LoadedModel, call: InferenceCall, results: list[np.ndarray]
 ) -> tuple[bytes, int | None]:
@@ -349,6 +388,9 @@ def encode_infer_response(
         if output.binary:
             if datatype == BYTES:
                 raw: bytes | memoryview = encode_bytes_elements(array)
+            elif array.size == 0:
+                # memoryview cannot cast a view with a zero in its shape.
+                raw = b""
             else:
                 raw = np.ascontiguousarray(array).data.cast("B")
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -236,11 +236,15 @@ def verify_bytes(data: bytes, manifest: Manifest) -> None:
 
 def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] | None) -> Manifest:
     """Load the model with onnxruntime to prove it is servable, and read what the manifest records."""
-    from modelship.core.sessions import create_session, first_line
-    from modelship.core.signature import read_provenance, tensor_specs
+    from modelship.core.model_checks import ModelRefused
+    from modelship.core.sessions import create_session, first_line, read_signature
+    from modelship.core.signature import read_provenance
 
     try:
         session = create_session(data, threads=1)
+        inputs, outputs = read_signature(session, data)
+    except ModelRefused as error:
+        raise InvalidModel(f"refused: {error}") from None
     except Exception as error:
         raise InvalidModel(f"onnxruntime cannot load the model: {first_line(error)}") from None
     try:
@@ -252,8 +256,8 @@ def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] |
         version=version,
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
-        inputs=tensor_specs(session.get_inputs()),
-        outputs=tensor_specs(session.get_outputs()),
+        inputs=inputs,
+        outputs=outputs,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         labels=tuple(labels) if labels is not None else None,
         producer=producer,

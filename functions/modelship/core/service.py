@@ -7,6 +7,7 @@ versions, loading and failures belong to ``ModelLifecycle``; decoding and encodi
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -29,10 +30,12 @@ from modelship.core.messages import (
 from modelship.core.names import parse_version, validate_model_name
 from modelship.core.observer import NullObserver, Observer
 from modelship.core.protocol import (
+    check_response_size,
     decode_infer_request,
     encode_infer_response,
     parse_header_length,
     parse_json_object,
+    raise_response_too_large,
 )
 from modelship.core.repository import ModelRepository
 from modelship.core.sessions import LoadedModel, first_line
@@ -42,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 EXTENSIONS: Final = ("binary_tensor_data", "model_repository", "classification")
 PLATFORM: Final = "onnxruntime_onnx"
+# How long a readiness probe waits for its retry of failed preloads before answering "still loading".
+READY_RETRY_WAIT_SECONDS: Final = 1.0
 
 
 class InferenceService:
@@ -68,6 +73,11 @@ class InferenceService:
         self.observer: Observer = observer if observer is not None else NullObserver()
         self.lifecycle = ModelLifecycle(repository, settings, self.observer, clock)
         self.preload_errors: dict[str, str] = {}
+        # Models a background preload has still to try; readiness reports them.
+        self._loading: set[str] = set()
+        self._preloader: threading.Thread | None = None
+        self._preload_guard = threading.Lock()
+        self._preload_lock = threading.Lock()
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
         )
@@ -80,13 +90,34 @@ class InferenceService:
     def preload(self) -> None:
         """Load the configured models now (Lambda init, before a SnapStart snapshot). Failures are kept
         for /v2/health/ready rather than raised, so one bad model does not take the others down."""
-        for name, version in self.settings.preload:
-            label = name if version is None else f"{name}:{version}"
-            try:
-                self.lifecycle.get(name, version)
-                self.preload_errors.pop(label, None)
-            except ModelshipError as error:
-                self.preload_errors[label] = error.message
+        with self._preload_lock:
+            for name, version in self.settings.preload:
+                label = name if version is None else f"{name}:{version}"
+                try:
+                    self.lifecycle.get(name, version)
+                    self.preload_errors.pop(label, None)
+                except ModelshipError as error:
+                    self.preload_errors[label] = error.message
+                finally:
+                    self._loading.discard(label)
+
+    def start_preload(self) -> threading.Thread:
+        """``preload`` in the background, so that a door can listen at once while a slow or unreachable
+        store is tried; until it is done, readiness says which models are still loading."""
+        with self._preload_guard:
+            if self._preloader is None or not self._preloader.is_alive():
+                self._loading.update(self.preload_errors.keys() or self._preload_labels())
+                self._preloader = threading.Thread(target=self.preload, name="modelship-preload", daemon=True)
+                self._preloader.start()
+            return self._preloader
+
+    def _preload_labels(self) -> set[str]:
+        return {name if version is None else f"{name}:{version}" for name, version in self.settings.preload}
+
+    def cancel_runs(self) -> int:
+        """Stop every onnxruntime run in flight and refuse later ones (503): for a graceful shutdown, so
+        that no thread is inside onnxruntime when the process exits. Returns how many were running."""
+        return self.lifecycle.cancel_runs()
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
         try:
@@ -156,19 +187,29 @@ class InferenceService:
         started = time.perf_counter()
         results = model.run(call.output_names, call.feeds)
         self.observer.inference_done(model, time.perf_counter() - started)
+        limit = self.settings.max_response_bytes
+        check_response_size(call, results, limit)
         payload, json_length = encode_infer_response(model, call, results)
+        if len(payload) > limit:
+            raise_response_too_large(len(payload), limit)
         if json_length is None:
             return Response(200, payload)
         return Response(200, payload, OCTET_STREAM, json_length)
 
     def _health(self, which: str) -> Response:
-        if which == "ready" and self.preload_errors:
-            # Retry what failed (at most once per failure_retry_seconds per model, see ModelLifecycle), so a
-            # store outage at init does not leave this server unready for good.
-            self.preload()
-        if which == "live" or not self.preload_errors:
-            return json_response(200, {"live" if which == "live" else "ready": True})
-        return json_response(503, {"ready": False, "error": f"models not loaded: {self.preload_errors}"})
+        if which == "live":
+            return json_response(200, {"live": True})
+        if self.preload_errors and not self._loading:
+            # Retry what failed (at most once per failure_retry_seconds per model, see ModelLifecycle), so
+            # a store outage at init does not leave this server unready for good. In the background: a
+            # hanging store must not hang the probe; a quick retry still answers this very request.
+            self.start_preload().join(READY_RETRY_WAIT_SECONDS)
+        loading = sorted(self._loading)
+        if loading:
+            return json_response(503, {"ready": False, "error": f"models still loading: {loading}"})
+        if self.preload_errors:
+            return json_response(503, {"ready": False, "error": f"models not loaded: {self.preload_errors}"})
+        return json_response(200, {"ready": True})
 
     def _model_metadata(self, model: LoadedModel) -> Response:
         manifest = model.manifest
@@ -182,8 +223,8 @@ class InferenceService:
             "name": model.name,
             "versions": [str(version) for version in sorted(versions)],
             "platform": PLATFORM,
-            "inputs": [spec.to_json() for spec in manifest.inputs],
-            "outputs": [spec.to_json() for spec in manifest.outputs],
+            "inputs": [spec.to_metadata() for spec in manifest.inputs],
+            "outputs": [spec.to_metadata() for spec in manifest.outputs],
         }
         if manifest.labels is not None:
             document["parameters"] = {"labels": list(manifest.labels)}
@@ -192,7 +233,7 @@ class InferenceService:
     def _repository_control(self, name: str, action: str) -> Response:
         """Triton's model repository extension: load (the latest version) or unload a model."""
         if action == "load":
-            self.lifecycle.get(name, None)
+            self.lifecycle.load_latest(name)
         else:
             self.lifecycle.unload(name)
         return json_response(200, {})

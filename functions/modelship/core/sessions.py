@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -15,14 +17,21 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from modelship.core.cpu import intra_op_threads, is_cpu_constrained
 from modelship.core.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
-from modelship.core.errors import BadRequest, ModelUnavailable
-from modelship.core.manifest import Manifest
+from modelship.core.deadlines import DEADLINE, RunWatchdog
+from modelship.core.errors import BadRequest, DeadlineExceeded, ModelUnavailable
+from modelship.core.manifest import Manifest, TensorSpec
+from modelship.core.model_checks import ModelRefused, refuse_unsafe_model, unranked_tensors
 from modelship.core.signature import tensor_specs
 
 logger = logging.getLogger(__name__)
 
-# Graph, arena and kernels cost more than the file; twice its size is a conservative estimate.
+# Graph, arena and kernels cost more than the file; twice its size where it cannot be measured.
 MEMORY_FACTOR = 2
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# An absolute path of two or more components, or a file:// URI: what an error must not show a client.
+# An endpoint URL (botocore's errors name the store's endpoint and bucket).
+_URL = re.compile(r"\b(?:https?|s3)://\S+")
+_FILE_PATH = re.compile(r"(?:file://|(?<![\w.:/]))/(?:[\w.@+~-]+/)+[\w.@+~-]*")
 # What onnxruntime raises for inputs that passed signature validation but that the graph cannot take
 # (e.g. two dynamic "batch" dimensions given different sizes): the request's fault, not the server's.
 _REJECTED_INPUT_ERRORS = (InvalidArgument, RuntimeException, Fail)
@@ -35,14 +44,20 @@ class InputBinding:
     name: str
     datatype: str
     dtype: np.dtype[Any]
-    shape: tuple[int, ...]
+    # None: a tensor of any rank.
+    shape: tuple[int, ...] | None
     itemsize: int
     # (min, max) for integer datatypes: JSON values are range-checked before the cast.
     int_limits: tuple[int, int] | None
 
 
 def create_session(model_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session tuned for serving; ``threads`` None sizes the intra-op pool from the CPU share."""
+    """A CPU session tuned for serving; ``threads`` None sizes the intra-op pool from the CPU share.
+
+    The only way modelship hands bytes to onnxruntime: a model that reaches outside itself (external
+    data) raises ``ModelRefused`` before onnxruntime opens it.
+    """
+    refuse_unsafe_model(model_bytes)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads(threads)
@@ -70,19 +85,34 @@ class LoadedModel:
         "name",
         "output_datatypes",
         "required_inputs",
+        "run_timeout",
         "session",
         "version",
         "version_text",
+        "watchdog",
     )
 
-    def __init__(self, manifest: Manifest, session: ort.InferenceSession, load_seconds: float) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        session: ort.InferenceSession,
+        watchdog: RunWatchdog,
+        run_timeout: float,
+        memory_estimate: int | None = None,
+    ) -> None:
         self.manifest = manifest
+        self.watchdog = watchdog
+        self.run_timeout = run_timeout
         self.name = manifest.name
         self.version = manifest.version
         self.version_text = str(manifest.version)
         self.session = session
-        self.load_seconds = load_seconds
-        self.memory_estimate = manifest.size * MEMORY_FACTOR
+        self.load_seconds = 0.0
+        # What the session really costs once created and warmed up, measured by load_model; twice the
+        # file's size where it cannot be measured.
+        self.memory_estimate = (
+            memory_estimate if memory_estimate is not None else manifest.size * MEMORY_FACTOR
+        )
         self.inputs = {
             spec.name: InputBinding(
                 name=spec.name,
@@ -99,14 +129,29 @@ class LoadedModel:
         self.all_output_names = [spec.name for spec in manifest.outputs]
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the session; an input that onnxruntime refuses is a ``BadRequest``, not a 500."""
-        try:
-            results: list[np.ndarray] = self.session.run(output_names, feeds)
-        except _REJECTED_INPUT_ERRORS as error:
-            logger.warning(
-                "onnxruntime rejected a request for %s v%s: %s", self.name, self.version, first_line(error)
-            )
-            raise BadRequest(f"onnxruntime rejected the input: {first_line(error)}") from None
+        """Run the session within ``run_timeout``. A run past it is stopped (``DeadlineExceeded``, 504);
+        one cancelled by shutdown is a 503; an input that onnxruntime refuses is a ``BadRequest``."""
+        with self.watchdog.run(self.run_timeout) as ticket:
+            try:
+                results: list[np.ndarray] = self.session.run(output_names, feeds, ticket.options)
+            except _REJECTED_INPUT_ERRORS as error:
+                if ticket.reason == DEADLINE:
+                    logger.error(
+                        "%s v%s ran past its %g s deadline", self.name, self.version, self.run_timeout
+                    )
+                    raise DeadlineExceeded(
+                        f"{self.name} version {self.version} ran past its {self.run_timeout:g} s deadline "
+                        "and was stopped"
+                    ) from None
+                if ticket.reason is not None:
+                    raise ModelUnavailable(f"{self.name} version {self.version}: {ticket.reason}") from None
+                logger.warning(
+                    "onnxruntime rejected a request for %s v%s: %s",
+                    self.name,
+                    self.version,
+                    first_line(error),
+                )
+                raise BadRequest(f"onnxruntime rejected the input: {first_line(error)}") from None
         return results
 
 
@@ -117,45 +162,83 @@ def _int_limits(dtype: np.dtype[Any]) -> tuple[int, int] | None:
     return int(info.min), int(info.max)
 
 
-def load_model(manifest: Manifest, verified_bytes: bytes, threads: int | None = None) -> LoadedModel:
-    """Create a session from bytes whose sha256 has already been checked, and warm it up."""
+def read_signature(
+    session: ort.InferenceSession, model_bytes: bytes
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The inputs and outputs a client sees. A model with no input could never be called: refused."""
+    unranked = unranked_tensors(model_bytes)
+    inputs = tensor_specs(session.get_inputs(), unranked)
+    if not inputs:
+        raise ModelRefused("the model has no inputs, so no inference request could call it")
+    return inputs, tensor_specs(session.get_outputs(), unranked)
+
+
+def load_model(
+    manifest: Manifest,
+    verified_bytes: bytes,
+    watchdog: RunWatchdog,
+    run_timeout: float,
+    threads: int | None = None,
+) -> LoadedModel:
+    """Create a session from bytes whose sha256 has already been checked, warm it up, and measure what
+    it costs in memory (a 400-byte model can constant-fold into hundreds of megabytes)."""
+    where = f"{manifest.name} version {manifest.version}"
     started = time.perf_counter()
+    resident_before = resident_bytes()
     try:
         session = create_session(verified_bytes, threads)
+        signature = read_signature(session, verified_bytes)
+    except ModelRefused as error:
+        raise ModelUnavailable(f"{where} is refused: {error}") from None
     except Exception as error:  # onnxruntime raises several unrelated exception types
-        raise ModelUnavailable(
-            f"{manifest.name} version {manifest.version} cannot be loaded by onnxruntime: {first_line(error)}"
-        ) from None
-    actual_inputs = tensor_specs(session.get_inputs())
-    actual_outputs = tensor_specs(session.get_outputs())
-    if (manifest.inputs, manifest.outputs) != (actual_inputs, actual_outputs):
-        raise ModelUnavailable(
-            f"{manifest.name} version {manifest.version}: the graph's signature differs from its manifest"
-        )
-    model = LoadedModel(manifest, session, 0.0)
+        raise ModelUnavailable(f"{where} cannot be loaded by onnxruntime: {first_line(error)}") from None
+    if (manifest.inputs, manifest.outputs) != signature:
+        raise ModelUnavailable(f"{where}: the graph's signature differs from its manifest")
+    model = LoadedModel(manifest, session, watchdog, run_timeout)
     warm_up(model)
+    resident_after = resident_bytes()
+    if resident_before is not None and resident_after is not None:
+        # Other threads allocate meanwhile, so this is an estimate; never below the file's own size.
+        model.memory_estimate = max(resident_after - resident_before, manifest.size)
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:  # noqa: PTH123 - the cheapest read there is
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def warm_up(model: LoadedModel) -> None:
     """One run at load so the first request does not pay for lazy kernel and arena setup."""
     feeds: dict[str, np.ndarray] = {}
     for binding in model.inputs.values():
-        shape = tuple(1 if dim < 0 else dim for dim in binding.shape)
+        shape = (1,) if binding.shape is None else tuple(1 if dim < 0 else dim for dim in binding.shape)
         if binding.datatype == BYTES:
             feeds[binding.name] = np.full(shape, "", dtype=object)
         else:
             feeds[binding.name] = np.zeros(shape, dtype=binding.dtype)
     try:
         model.run(model.all_output_names, feeds)
+    except (DeadlineExceeded, ModelUnavailable) as error:
+        # A model that cannot finish one run on zeros within the deadline is not served.
+        raise ModelUnavailable(f"warm-up: {error.message}") from None
     except Exception as error:  # a model may legitimately reject all-zero input
         logger.warning("warm-up of %s v%s skipped: %s", model.name, model.version, first_line(error))
 
 
 def first_line(error: BaseException) -> str:
+    """An exception's first line for a client: at most 500 characters, with the machine's file paths
+    (onnxruntime's source files, the store's root, the working directory) replaced by ``<path>`` and
+    endpoint URLs by ``<url>``."""
     text = str(error).strip().splitlines()
-    return text[0][:500] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    return _FILE_PATH.sub("<path>", _URL.sub("<url>", text[0]))[:500]
 
 
 class SessionCache:

@@ -17,12 +17,16 @@ from typing import Final
 from modelship.core.errors import BadRequest
 from modelship.core.names import parse_model_references
 
-# Lambda's synchronous invocation payload limit.
+# Lambda's synchronous invocation payload limit, for requests and responses alike: every door keeps
+# it, so a request gets the same answer everywhere.
 DEFAULT_MAX_REQUEST_BYTES: Final = 6 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES: Final = 6 * 1024 * 1024
 DEFAULT_MAX_MODEL_BYTES: Final = 512 * 1024 * 1024
 DEFAULT_SESSION_MEMORY_MB: Final = 1024
 DEFAULT_VERSION_POLL_SECONDS: Final = 60.0
 DEFAULT_FAILURE_RETRY_SECONDS: Final = 5.0
+# Below the Lambda function's default 20 s timeout, so a runaway model is a 504 from us, not a timeout.
+DEFAULT_INFERENCE_TIMEOUT_SECONDS: Final = 10.0
 
 STORE_ENV: Final = "MODELSHIP_STORE"
 PRELOAD_ENV: Final = "MODELSHIP_PRELOAD"
@@ -59,6 +63,8 @@ class Settings:
     preload: tuple[tuple[str, int | None], ...] = ()
     cache_dir: Path = field(default_factory=default_cache_dir)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Checked before a response is encoded, and again on the encoded body.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     session_memory_bytes: int = DEFAULT_SESSION_MEMORY_MB * 1024 * 1024
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     # How long the versions of a model stay known before the store is listed again.
@@ -67,6 +73,8 @@ class Settings:
     failure_retry_seconds: float = DEFAULT_FAILURE_RETRY_SECONDS
     # onnxruntime's intra-op threads; None sizes them from the CPUs this process may really use.
     intra_op_threads: int | None = None
+    # How long one onnxruntime run (an inference, or a model's warm-up) may take before it is stopped.
+    inference_timeout_seconds: float = DEFAULT_INFERENCE_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +86,7 @@ class Settings:
             if env.get("MODELSHIP_CACHE_DIR")
             else default_cache_dir(env),
             max_request_bytes=_positive_int(env, "MODELSHIP_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
+            max_response_bytes=_positive_int(env, "MODELSHIP_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES),
             session_memory_bytes=_positive_int(env, "MODELSHIP_SESSION_MEMORY_MB", DEFAULT_SESSION_MEMORY_MB)
             * 1024
             * 1024,
@@ -89,6 +98,9 @@ class Settings:
                 env, "MODELSHIP_FAILURE_RETRY_SECONDS", DEFAULT_FAILURE_RETRY_SECONDS
             ),
             intra_op_threads=_optional_positive_int(env, "MODELSHIP_INTRA_OP_THREADS"),
+            inference_timeout_seconds=_seconds(
+                env, "MODELSHIP_INFERENCE_TIMEOUT_SECONDS", DEFAULT_INFERENCE_TIMEOUT_SECONDS, positive=True
+            ),
         )
 
 
@@ -106,7 +118,7 @@ def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
     return default if value is None else value
 
 
-def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
+def _seconds(env: Mapping[str, str], key: str, default: float, *, positive: bool = False) -> float:
     raw = env.get(key, "").strip()
     if not raw:
         return default
@@ -114,8 +126,9 @@ def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{key} must be a non-negative number of seconds, got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"{key} must be a {kind} number of seconds, got {raw!r}")
     return value
 
 

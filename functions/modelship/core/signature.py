@@ -13,12 +13,14 @@ def _dim(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else -1
 
 
-def tensor_specs(node_args: list[Any]) -> tuple[TensorSpec, ...]:
+def tensor_specs(node_args: list[Any], unranked: frozenset[str] = frozenset()) -> tuple[TensorSpec, ...]:
+    """The specs of onnxruntime's inputs or outputs. onnxruntime reports a tensor of unknown rank with
+    the shape ``[]``, like a scalar: ``unranked`` (``model_checks.unranked_tensors``) tells them apart."""
     return tuple(
         TensorSpec(
             name=arg.name,
             datatype=datatype_from_ort_type(arg.type, arg.name),
-            shape=tuple(_dim(dim) for dim in (arg.shape or [])),
+            shape=None if arg.name in unranked else tuple(_dim(dim) for dim in (arg.shape or [])),
         )
         for arg in node_args
     )

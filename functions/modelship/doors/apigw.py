@@ -71,7 +71,11 @@ def _body_bytes(event: dict[str, Any]) -> bytes:
         except (binascii.Error, ValueError):
             raise BadRequest("request body is marked base64 but is not valid base64") from None
         return decoded
-    encoded: bytes = body.encode("utf-8", "surrogateescape")
+    try:
+        encoded: bytes = body.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate: JSON can spell one ("\\ud800"), UTF-8 cannot.
+        raise BadRequest("request body is not valid UTF-8 text") from None
     return encoded
 
 

@@ -1,0 +1,100 @@
+"""Deadlines for onnxruntime runs: one watchdog thread cancels whatever runs past its time.
+
+onnxruntime checks ``RunOptions.terminate`` between kernels (and inside Loop and Scan bodies), so a run
+can be cancelled from another thread. Each run gets its own ``RunOptions``; the watchdog wakes a few
+times a second while runs are in flight, sets ``terminate`` on the late ones, and sleeps while there are
+none. The same mechanism cancels every run at shutdown, so no thread is left inside onnxruntime when the
+interpreter finalises (which aborts the process).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Final
+
+import onnxruntime as ort
+
+# How often the watchdog looks at the runs in flight: the precision of a deadline.
+TICK_SECONDS: Final = 0.05
+# The reason a ticket carries when its own deadline stopped it.
+DEADLINE: Final = "deadline"
+
+
+@dataclass(slots=True)
+class RunTicket:
+    """One run's cancellation handle. ``reason`` says why it was cancelled, None while it was not."""
+
+    options: ort.RunOptions
+    deadline: float
+    reason: str | None = field(default=None)
+
+
+class RunWatchdog:
+    """Cancels onnxruntime runs at their deadline. Thread-safe; one per ``InferenceService``.
+
+    The thread is started on the first run and is a daemon: it never keeps a process alive.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._runs: dict[int, RunTicket] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @contextmanager
+    def run(self, seconds: float) -> Iterator[RunTicket]:
+        """A ticket whose ``options`` are passed to ``session.run``; cancelled after ``seconds``."""
+        options = ort.RunOptions()
+        # A stopped run is reported by us, once, as a 504 or 503; onnxruntime's own error line would
+        # only repeat it in the log.
+        options.log_severity_level = 4
+        ticket = RunTicket(options, self._clock() + seconds)
+        with self._lock:
+            if self._closed:
+                ticket.reason = "the server is shutting down"
+                ticket.options.terminate = True
+            run_id = next(self._ids)
+            self._runs[run_id] = ticket
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="modelship-watchdog", daemon=True)
+                self._thread.start()
+            elif len(self._runs) == 1:
+                self._wake.notify()
+        try:
+            yield ticket
+        finally:
+            with self._lock:
+                del self._runs[run_id]
+
+    def cancel_all(self, reason: str = "the server is shutting down") -> int:
+        """Cancel every run in flight and every later one; returns how many were in flight."""
+        with self._lock:
+            self._closed = True
+            for ticket in self._runs.values():
+                ticket.reason = ticket.reason or reason
+                ticket.options.terminate = True
+            return len(self._runs)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+    def _watch(self) -> None:
+        with self._lock:
+            while True:
+                while not self._runs:
+                    self._wake.wait()
+                now = self._clock()
+                for ticket in self._runs.values():
+                    if ticket.reason is None and now >= ticket.deadline:
+                        ticket.reason = DEADLINE
+                        ticket.options.terminate = True
+                self._wake.wait(TICK_SECONDS)
