@@ -39,8 +39,13 @@ def populated_store(tmp_path_factory: pytest.TempPathFactory, iris_model: tuple[
 
 @pytest.fixture
 def service(populated_store: Path, tmp_path: Path) -> Iterator[InferenceService]:
+    # The protocol and routing tests load many models per test; the isolated first load (a child
+    # process per model) has tests of its own (test_hostile_models, test_isolation) and the real servers.
     settings = Settings(
-        store_uri=str(populated_store), cache_dir=tmp_path / "cache", preload=(("iris", None),)
+        store_uri=str(populated_store),
+        cache_dir=tmp_path / "cache",
+        preload=(("iris", None),),
+        isolate_loads=False,
     )
     service = InferenceService.from_settings(settings)
     service.preload()

@@ -68,6 +68,7 @@ class InferenceFunction(Construct):
             # Half the function's timeout for one onnxruntime run: a runaway model is stopped with a 504
             # from the function, leaving the other half for fetching and loading the model first.
             "MODELSHIP_INFERENCE_TIMEOUT_SECONDS": str(max(1, props.timeout_seconds // 2)),
+            "MODELSHIP_LOAD_TIMEOUT_SECONDS": str(max(1, props.timeout_seconds // 2)),
             "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             "POWERTOOLS_LOG_LEVEL": "INFO",

@@ -81,6 +81,7 @@ def test_function_environment_points_at_the_model_store(api_template: Template) 
     assert variables["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
     assert variables["MODELSHIP_SESSION_MEMORY_MB"] == "1024"  # half of the default 2048 MB
     assert variables["MODELSHIP_INFERENCE_TIMEOUT_SECONDS"] == "10"  # half of the default 20 s timeout
+    assert variables["MODELSHIP_LOAD_TIMEOUT_SECONDS"] == "10"
     assert "MODELSHIP_PRELOAD" not in variables
 
 

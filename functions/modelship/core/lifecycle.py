@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from modelship.core.deadlines import RunWatchdog
 from modelship.core.errors import ModelshipError, ModelUnavailable, NotFound
+from modelship.core.isolation import probe_model
+from modelship.core.manifest import Manifest
 from modelship.core.names import validate_model_name
 from modelship.core.observer import Observer
 from modelship.core.repository import ModelRepository
@@ -202,6 +204,7 @@ class ModelLifecycle:
             try:
                 manifest = self.repository.read_manifest(name, version)
                 data = self.repository.fetch_verified(manifest)
+                measured = self._probe(manifest, data) if self.settings.isolate_loads else None
                 model = load_model(
                     manifest,
                     data,
@@ -209,7 +212,10 @@ class ModelLifecycle:
                     self.settings.inference_timeout_seconds,
                     self.settings.intra_op_threads,
                 )
-                self._refuse_over_budget(model)
+                if measured is not None:
+                    # Measured alone in the child, so no other thread's allocations are counted in it.
+                    model.memory_estimate = measured
+                self._refuse_over_budget(model.name, model.version, model.memory_estimate)
             except ModelUnavailable as error:
                 self._remember_failure(key, error.message)
                 logger.error("model %s v%s unavailable: %s", name, version, error.message)
@@ -230,12 +236,26 @@ class ModelLifecycle:
             logger.info("loaded %s v%s in %.1f ms", name, version, model.load_seconds * 1000)
             return model
 
-    def _refuse_over_budget(self, model: LoadedModel) -> None:
+    def _probe(self, manifest: Manifest, data: bytes) -> int:
+        """Load the model in a child process first (``isolation``); what its session costs, in bytes."""
+        report = probe_model(
+            data,
+            where=f"{manifest.name} version {manifest.version}",
+            memory_limit_bytes=self.cache.budget_bytes,
+            timeout_seconds=self.settings.load_timeout_seconds,
+            run_timeout=self.settings.inference_timeout_seconds,
+            threads=self.settings.intra_op_threads,
+        )
+        measured = max(report.session_bytes, manifest.size)
+        self._refuse_over_budget(manifest.name, manifest.version, measured)
+        return measured
+
+    def _refuse_over_budget(self, name: str, version: int, size: int) -> None:
         budget = self.cache.budget_bytes
-        if model.memory_estimate > budget:
+        if size > budget:
             raise ModelUnavailable(
-                f"{model.name} version {model.version} needs about {_mib(model.memory_estimate)} MiB once "
-                f"loaded, over the session memory budget of {_mib(budget)} MiB"
+                f"{name} version {version} needs about {_mib(size)} MiB once loaded, over the session "
+                f"memory budget of {_mib(budget)} MiB"
             )
 
     def cancel_runs(self) -> int:

@@ -213,15 +213,21 @@ def resident_bytes() -> int | None:
         return None
 
 
+def warm_up_feeds(inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """All-zero (or empty-string) inputs of the smallest shape the signature allows."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        shape = (1,) if spec.shape is None else tuple(1 if dim < 0 else dim for dim in spec.shape)
+        if spec.datatype == BYTES:
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPE_BY_DATATYPE[spec.datatype])
+    return feeds
+
+
 def warm_up(model: LoadedModel) -> None:
     """One run at load so the first request does not pay for lazy kernel and arena setup."""
-    feeds: dict[str, np.ndarray] = {}
-    for binding in model.inputs.values():
-        shape = (1,) if binding.shape is None else tuple(1 if dim < 0 else dim for dim in binding.shape)
-        if binding.datatype == BYTES:
-            feeds[binding.name] = np.full(shape, "", dtype=object)
-        else:
-            feeds[binding.name] = np.zeros(shape, dtype=binding.dtype)
+    feeds = warm_up_feeds(model.manifest.inputs)
     try:
         model.run(model.all_output_names, feeds)
     except (DeadlineExceeded, ModelUnavailable) as error:

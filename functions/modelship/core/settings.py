@@ -27,6 +27,7 @@ DEFAULT_VERSION_POLL_SECONDS: Final = 60.0
 DEFAULT_FAILURE_RETRY_SECONDS: Final = 5.0
 # Below the Lambda function's default 20 s timeout, so a runaway model is a 504 from us, not a timeout.
 DEFAULT_INFERENCE_TIMEOUT_SECONDS: Final = 10.0
+DEFAULT_LOAD_TIMEOUT_SECONDS: Final = 30.0
 
 STORE_ENV: Final = "MODELSHIP_STORE"
 PRELOAD_ENV: Final = "MODELSHIP_PRELOAD"
@@ -75,6 +76,10 @@ class Settings:
     intra_op_threads: int | None = None
     # How long one onnxruntime run (an inference, or a model's warm-up) may take before it is stopped.
     inference_timeout_seconds: float = DEFAULT_INFERENCE_TIMEOUT_SECONDS
+    # Load every model first in a child process bounded in time and memory (``isolation``). Off only
+    # for a store whose every writer is trusted: it costs a few hundred milliseconds per load.
+    isolate_loads: bool = True
+    load_timeout_seconds: float = DEFAULT_LOAD_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -101,7 +106,22 @@ class Settings:
             inference_timeout_seconds=_seconds(
                 env, "MODELSHIP_INFERENCE_TIMEOUT_SECONDS", DEFAULT_INFERENCE_TIMEOUT_SECONDS, positive=True
             ),
+            isolate_loads=_flag(env, "MODELSHIP_ISOLATE_LOADS", default=True),
+            load_timeout_seconds=_seconds(
+                env, "MODELSHIP_LOAD_TIMEOUT_SECONDS", DEFAULT_LOAD_TIMEOUT_SECONDS, positive=True
+            ),
         )
+
+
+def _flag(env: Mapping[str, str], key: str, *, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key} must be true or false, got {raw!r}")
 
 
 def _optional_positive_int(env: Mapping[str, str], key: str) -> int | None:

@@ -1,0 +1,176 @@
+"""A model is first loaded in a child process, bounded in time and memory, before the server loads it.
+
+Creating an onnxruntime session cannot be cancelled: constant folding runs inside it, so a model of a
+few hundred bytes can spend minutes or gigabytes there before the server could look at what it costs.
+The child does what the server will do (create the session and run the warm-up) under an address-space
+limit and a wall-clock timeout, and reports what the session cost. A model that does not fit, or does
+not finish, is refused with that reason; the server's own memory and threads are never at stake.
+
+Run as ``python -m modelship.core.isolation LIMIT_BYTES RUN_TIMEOUT THREADS`` with the model on stdin;
+it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Final
+
+from modelship.core.errors import ModelUnavailable
+
+# What the child may use beyond what it had mapped after its imports: the session's own budget plus
+# room for onnxruntime's arenas, thread stacks and the warm-up's tensors.
+ADDRESS_SPACE_SLACK_BYTES: Final = 512 * 1024 * 1024
+# How onnxruntime's arena reports an allocation that the address-space limit refused.
+_ALLOCATION_FAILED: Final = "Failed to allocate memory"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """What loading the model in the child cost: resident memory beyond the child's baseline."""
+
+    session_bytes: int
+    seconds: float
+
+
+def probe_model(
+    data: bytes,
+    *,
+    where: str,
+    memory_limit_bytes: int,
+    timeout_seconds: float,
+    run_timeout: float,
+    threads: int | None,
+) -> ProbeReport:
+    """Load ``data`` in a child process; raise ``ModelUnavailable`` naming why if it fails there."""
+    command = [
+        sys.executable,
+        "-m",
+        "modelship.core.isolation",
+        str(memory_limit_bytes + ADDRESS_SPACE_SLACK_BYTES),
+        repr(run_timeout),
+        str(threads or 0),
+    ]
+    try:
+        completed = subprocess.run(
+            command, input=data, capture_output=True, timeout=timeout_seconds, check=False, env=_child_env()
+        )
+    except subprocess.TimeoutExpired:
+        raise ModelUnavailable(
+            f"{where} did not finish loading within {timeout_seconds:g} s in an isolated process; refusing it"
+        ) from None
+    report = _parse(completed.stdout)
+    if completed.returncode == 0 and report is not None and report.get("ok") is True:
+        return ProbeReport(int(report["session_bytes"]), float(report["seconds"]))
+    if report is not None and isinstance(report.get("error"), str):
+        raise ModelUnavailable(f"{where} cannot be loaded: {report['error']}")
+    if completed.returncode < 0 or completed.returncode == 1:
+        # Killed (the kernel, or onnxruntime aborting when an allocation failed) or out of memory in
+        # Python: the model needs more than the limit.
+        code = completed.returncode
+        ended = f"signal {signal.Signals(-code).name}" if code < 0 else "an allocation failure"
+        raise ModelUnavailable(
+            f"{where} needs more than {_mib(memory_limit_bytes)} MiB to load (the isolated load ended "
+            f"with {ended}); refusing it"
+        )
+    raise ModelUnavailable(f"{where} cannot be loaded: the isolated load exited with {completed.returncode}")
+
+
+def _child_env() -> dict[str, str]:
+    environment = dict(os.environ)
+    # The child's answer is one JSON line; Python's own warnings and buffering must not interleave.
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+def _parse(stdout: bytes) -> dict[str, Any] | None:
+    lines = stdout.strip().splitlines()
+    if not lines:
+        return None
+    try:
+        document = json.loads(lines[-1])
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _mib(size: int) -> int:
+    return -(-size // (1024 * 1024))
+
+
+def _child(limit_bytes: int, run_timeout: float, threads: int) -> dict[str, Any]:
+    import resource
+    import time
+
+    from modelship.core.deadlines import RunWatchdog
+    from modelship.core.model_checks import ModelRefused
+    from modelship.core.sessions import (
+        create_session,
+        first_line,
+        read_signature,
+        resident_bytes,
+        warm_up_feeds,
+    )
+
+    data = sys.stdin.buffer.read()
+    started = time.perf_counter()
+    baseline = resident_bytes() or 0
+    mapped = _mapped_bytes()
+    if mapped is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + limit_bytes, resource.RLIM_INFINITY))
+    try:
+        session = create_session(data, threads or None)
+        inputs, _ = read_signature(session, data)
+    except ModelRefused as error:
+        return {"ok": False, "error": f"refused: {error}"}
+    except MemoryError:
+        raise
+    except Exception as error:
+        return {"ok": False, "error": f"onnxruntime cannot load it: {first_line(error)}"}
+    watchdog = RunWatchdog()
+    with watchdog.run(run_timeout) as ticket:
+        try:
+            session.run(None, warm_up_feeds(inputs), ticket.options)
+        except Exception as error:
+            if ticket.reason is not None:
+                return {"ok": False, "error": f"its warm-up ran past the {run_timeout:g} s deadline"}
+            if _ALLOCATION_FAILED in str(error):
+                return {"ok": False, "error": f"its warm-up needs more than {_mib(limit_bytes)} MiB"}
+            # Any other refusal of all-zero input is legitimate; the server's warm-up skips it too.
+    # VmHWM, not ru_maxrss: that one survives fork and exec, so it would carry the parent's peak.
+    peak = _status_bytes("VmHWM") or baseline
+    return {"ok": True, "session_bytes": max(0, peak - baseline), "seconds": time.perf_counter() - started}
+
+
+def _mapped_bytes() -> int | None:
+    return _status_bytes("VmSize")
+
+
+def _status_bytes(field: str) -> int | None:
+    """A size from /proc/self/status (Linux), in bytes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:  # noqa: PTH123
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def main() -> int:
+    limit_bytes, run_timeout, threads = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    try:
+        report = _child(limit_bytes, run_timeout, threads)
+    except MemoryError:
+        return 1
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
