@@ -13,6 +13,7 @@ it prints one JSON line.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,9 +23,13 @@ from typing import Any, Final
 
 from modelship.core.errors import ModelUnavailable
 
+logger = logging.getLogger(__name__)
+
 # What the child may use beyond what it had mapped after its imports: the session's own budget plus
 # room for onnxruntime's arenas, thread stacks and the warm-up's tensors.
 ADDRESS_SPACE_SLACK_BYTES: Final = 512 * 1024 * 1024
+# The child's exit status when Python itself ran out of memory under the limit.
+OUT_OF_MEMORY_EXIT: Final = 3
 # How onnxruntime's arena reports an allocation that the address-space limit refused.
 _ALLOCATION_FAILED: Final = "Failed to allocate memory"
 
@@ -68,7 +73,7 @@ def probe_model(
         return ProbeReport(int(report["session_bytes"]), float(report["seconds"]))
     if report is not None and isinstance(report.get("error"), str):
         raise ModelUnavailable(f"{where} cannot be loaded: {report['error']}")
-    if completed.returncode < 0 or completed.returncode == 1:
+    if completed.returncode < 0 or completed.returncode == OUT_OF_MEMORY_EXIT:
         # Killed (the kernel, or onnxruntime aborting when an allocation failed) or out of memory in
         # Python: the model needs more than the limit.
         code = completed.returncode
@@ -77,11 +82,19 @@ def probe_model(
             f"{where} needs more than {_mib(memory_limit_bytes)} MiB to load (the isolated load ended "
             f"with {ended}); refusing it"
         )
-    raise ModelUnavailable(f"{where} cannot be loaded: the isolated load exited with {completed.returncode}")
+    # Our own failure, not the model's (the child could not start, say): the log gets the details.
+    detail = completed.stderr.decode("utf-8", "replace").strip().splitlines()
+    logger.error("the isolated load of %s exited with %s: %s", where, completed.returncode, detail[-20:])
+    raise ModelUnavailable(
+        f"{where} cannot be loaded: the isolated load failed ({detail[-1][:200] if detail else 'no output'})"
+    )
 
 
 def _child_env() -> dict[str, str]:
     environment = dict(os.environ)
+    # The child must import what this process imports; its path may have been built in-process (a
+    # Lambda runtime's bootstrap does), so it is passed on explicitly.
+    environment["PYTHONPATH"] = os.pathsep.join(entry for entry in sys.path if entry)
     # The child's answer is one JSON line; Python's own warnings and buffering must not interleave.
     environment["PYTHONUNBUFFERED"] = "1"
     return environment
@@ -167,7 +180,7 @@ def main() -> int:
     try:
         report = _child(limit_bytes, run_timeout, threads)
     except MemoryError:
-        return 1
+        return OUT_OF_MEMORY_EXIT
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
 
