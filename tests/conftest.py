@@ -9,6 +9,7 @@ from modelship.core.repository import ModelRepository
 from modelship.core.service import InferenceService
 from modelship.core.settings import Settings
 
+from tests.support.hostile_models import unranked_identity
 from tests.support.models import SAMPLE_BY_DATATYPE, add_sub_model, identity_model, write_model
 
 
@@ -31,6 +32,7 @@ def populated_store(tmp_path_factory: pytest.TempPathFactory, iris_model: tuple[
     # "broken" exists but its bytes no longer match the manifest: every load must fail closed (503).
     broken = repository.push(write_model(scratch, "broken", identity_model("FP32")), "broken")
     (root / "models" / "broken" / str(broken.version) / "model.onnx").write_bytes(b"\0" * broken.size)
+    repository.push(write_model(scratch, "identity_any_rank", unranked_identity()), "identity_any_rank")
     for datatype in SAMPLE_BY_DATATYPE:
         name = f"identity_{datatype.lower()}"
         repository.push(write_model(scratch, name, identity_model(datatype)), name)

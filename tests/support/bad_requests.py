@@ -42,6 +42,40 @@ def _iris(inputs: list[Any], **extra: object) -> bytes:
 _BOOL_HEADER = orjson.dumps(
     {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}}]}
 )
+_BINARY_NEGATIVE_HEADER = orjson.dumps(
+    {
+        "inputs": [
+            {"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": -16}}
+        ]
+    }
+)
+_BINARY_AND_DATA_HEADER = orjson.dumps(
+    {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, 4],
+                "datatype": "FP32",
+                "data": [1, 2, 3, 4],
+                "parameters": {"binary_data_size": 16},
+            }
+        ]
+    }
+)
+
+
+def _bytes_request(section: bytes) -> tuple[bytes, dict[str, str]]:
+    """A binary request to identity_bytes ([batch, 3] BYTES) whose section is exactly ``section``."""
+    parameters = {"binary_data_size": len(section)}
+    header = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "parameters": parameters}]}
+    )
+    return header + section, {"Inference-Header-Content-Length": str(len(header))}
+
+
+# Three elements, the first two bytes that are not UTF-8; and one whose length runs past the section.
+_BYTES_NOT_UTF8 = _bytes_request(b"\x02\x00\x00\x00\xff\xfe" + b"\x00\x00\x00\x00" * 2)
+_BYTES_PAST_THE_END = _bytes_request(b"\xff\x00\x00\x00AB")
 # iris's input declared as 12 binary bytes, where [1, 4] FP32 needs 16.
 _BINARY_12_BYTES_HEADER = _iris(
     [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 12}}]
@@ -221,6 +255,137 @@ BAD_REQUESTS = [
         ),
         message="no Inference-Header-Content-Length",
     ),
+    # --- the shape of the document ---
+    BadRequestCase("null-body", IRIS, b"null", message="JSON object"),
+    BadRequestCase("string-body", IRIS, b'"inputs"', message="JSON object"),
+    BadRequestCase("inputs-an-object", IRIS, b'{"inputs": {"name": "input"}}', message="'inputs'"),
+    BadRequestCase("input-not-an-object", IRIS, _iris([1]), message="each entry of 'inputs'"),
+    BadRequestCase("input-name-a-number", IRIS, _iris([{**GOOD_INPUT, "name": 7}]), message="unknown input"),
+    BadRequestCase("shape-not-a-list", IRIS, _iris([{**GOOD_INPUT, "shape": "1,4"}]), message="'shape'"),
+    BadRequestCase(
+        "fractional-dimension", IRIS, _iris([{**GOOD_INPUT, "shape": [1.5, 4]}]), message="invalid dimension"
+    ),
+    BadRequestCase(
+        "boolean-dimension", IRIS, _iris([{**GOOD_INPUT, "shape": [True, 4]}]), message="invalid dimension"
+    ),
+    BadRequestCase(
+        "rank-over-the-limit",
+        "/v2/models/identity_any_rank/infer",
+        orjson.dumps({"inputs": [{"name": "x", "shape": [1] * 40, "datatype": "FP32", "data": [1.0]}]}),
+        message="over the limit",
+    ),
+    BadRequestCase("data-a-string", IRIS, _iris([{**GOOD_INPUT, "data": "5.1,3.5"}]), message="needs 4"),
+    BadRequestCase(
+        "data-holds-objects", IRIS, _iris([{**GOOD_INPUT, "data": [{"a": 1}] * 4}]), message="cannot be FP32"
+    ),
+    BadRequestCase(
+        "data-nested-too-deep",
+        IRIS,
+        b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": '
+        + b"[" * 2000
+        + b"]" * 2000
+        + b"}]}",
+        message="not valid JSON",
+    ),
+    BadRequestCase("id-a-number", IRIS, _iris([GOOD_INPUT], id=7), message="'id' must be a string"),
+    BadRequestCase("parameters-a-list", IRIS, _iris([GOOD_INPUT], parameters=[1]), message="'parameters'"),
+    BadRequestCase(
+        "input-parameters-a-string",
+        IRIS,
+        _iris([{**GOOD_INPUT, "parameters": "binary"}]),
+        message="'parameters' must be an object",
+    ),
+    BadRequestCase(
+        "binary-size-negative",
+        IRIS,
+        _iris(
+            [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": -16}}]
+        )
+        + b"\0" * 16,
+        headers={"Inference-Header-Content-Length": str(len(_BINARY_NEGATIVE_HEADER))},
+        message="binary_data_size must be a non-negative integer",
+    ),
+    BadRequestCase(
+        "binary-size-and-data",
+        IRIS,
+        _BINARY_AND_DATA_HEADER + b"\0" * 16,
+        headers={"Inference-Header-Content-Length": str(len(_BINARY_AND_DATA_HEADER))},
+        message="both 'data' and binary_data_size",
+    ),
+    BadRequestCase(
+        "binary-bytes-not-utf8",
+        "/v2/models/identity_bytes/infer",
+        _BYTES_NOT_UTF8[0],
+        headers=_BYTES_NOT_UTF8[1],
+        message="not valid UTF-8",
+    ),
+    BadRequestCase(
+        "binary-bytes-length-past-the-end",
+        "/v2/models/identity_bytes/infer",
+        _BYTES_PAST_THE_END[0],
+        headers=_BYTES_PAST_THE_END[1],
+        message="runs past",
+    ),
+    BadRequestCase(
+        "outputs-an-object", IRIS, _iris([GOOD_INPUT], outputs={"name": "label"}), message="'outputs'"
+    ),
+    BadRequestCase("outputs-empty", IRIS, _iris([GOOD_INPUT], outputs=[]), message="'outputs'"),
+    BadRequestCase(
+        "output-not-an-object", IRIS, _iris([GOOD_INPUT], outputs=["label"]), message="unknown output"
+    ),
+    BadRequestCase(
+        "output-binary-not-a-boolean",
+        IRIS,
+        _iris([GOOD_INPUT], outputs=[{"name": "label", "parameters": {"binary_data": "yes"}}]),
+        message="binary_data must be true or false",
+    ),
+    BadRequestCase(
+        "classification-negative",
+        IRIS,
+        _iris([GOOD_INPUT], outputs=[{"name": "probabilities", "parameters": {"classification": -1}}]),
+        message="classification",
+    ),
+    BadRequestCase(
+        "classification-of-strings",
+        "/v2/models/identity_bytes/infer",
+        orjson.dumps(
+            {
+                "inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a", "b", "c"]}],
+                "outputs": [{"name": "y", "parameters": {"classification": 1}}],
+            }
+        ),
+        message="classification needs a numeric output",
+    ),
+    BadRequestCase(
+        "uint8-out-of-range",
+        "/v2/models/identity_uint8/infer",
+        orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "UINT8", "data": [1, -1, 2]}]}),
+        message="out of range",
+    ),
+    BadRequestCase(
+        "version-zero", "/v2/models/iris/versions/0/infer", _iris([GOOD_INPUT]), message="version"
+    ),
+    BadRequestCase(
+        "version-leading-zero", "/v2/models/iris/versions/01/infer", _iris([GOOD_INPUT]), message="version"
+    ),
+    BadRequestCase(
+        "version-missing", "/v2/models/iris/versions", method="GET", status=404, message="version"
+    ),
+    BadRequestCase(
+        "model-name-too-long",
+        f"/v2/models/{'m' * 200}/infer",
+        _iris([GOOD_INPUT]),
+        message="invalid model name",
+    ),
+    BadRequestCase("index-body-not-json", "/v2/repository/index", b"{nope", message="not valid JSON"),
+    BadRequestCase("index-body-a-list", "/v2/repository/index", b"[]", message="JSON object"),
+    BadRequestCase(
+        "load-unknown-model", "/v2/repository/models/nosuchmodel/load", status=404, message="not in the store"
+    ),
+    BadRequestCase(
+        "load-with-get", "/v2/repository/models/iris/load", method="GET", status=405, message="POST"
+    ),
+    BadRequestCase("put-on-server-metadata", "/v2", method="PUT", status=405, message="use GET"),
     BadRequestCase("unknown-route", "/v2/nothing/here", method="GET", status=404, message="no route"),
     BadRequestCase(
         "outside-v2",
@@ -240,7 +405,12 @@ BAD_REQUESTS = [
 
 # Models that only the unit and functional tiers' store holds (tests/conftest.py: populated_store).
 FIXTURE_ONLY_MODELS = frozenset(
-    {"add_sub", "broken", *(f"identity_{datatype}" for datatype in ("int8", "fp16", "bool"))}
+    {
+        "add_sub",
+        "broken",
+        "identity_any_rank",
+        *(f"identity_{datatype}" for datatype in ("int8", "uint8", "fp16", "bool", "bytes")),
+    }
 )
 
 
