@@ -1,13 +1,37 @@
-"""The local HTTP door: a threaded HTTP/1.1 server in front of a Lambda-style handler.
+"""The local HTTP door: a hardened, threaded HTTP/1.1 server in front of a Lambda-style handler.
 
 Each request becomes an API Gateway REST proxy event (body base64-encoded when binary, as API
 Gateway does with binaryMediaTypes), and the proxy result becomes the HTTP response. Responses are
 written with a single send and TCP_NODELAY, so keep-alive clients never wait on Nagle's algorithm.
+
+The edge door runs this server on devices, on networks that may be hostile, so every request is parsed
+strictly (RFC 9112) and every client is bounded (``Limits``):
+
+- a request head (request line and headers) must be well-formed: a line that is not ``name: value``,
+  a bare CR or LF, a folded line, a control character or a byte outside ASCII in a name is a 400 and the
+  connection is closed, so the bytes after it can never be read as a second request;
+- any ``Transfer-Encoding`` is refused (411 for chunked, 501 otherwise) and ``Content-Length`` must be
+  one plain number of at most 19 digits, the same in every copy;
+- the head is limited in bytes and in header lines (431), and must arrive within a deadline from its
+  first byte (408), as must the body from the end of the head;
+- at most ``max_connections`` connections are served at once (below the file-descriptor limit); past
+  it a new connection gets a 503 at once; running out of descriptors pauses accepting and says so;
+- the listen backlog is a real one, and ``serve_forever`` stops gracefully on SIGTERM or Ctrl-C: it
+  stops accepting, closes idle connections, lets requests in flight finish for a grace period, calls
+  ``on_shutdown`` (the CLI cancels the runs still inside onnxruntime) and waits for the workers.
+
+Every refusal is a JSON ``{"error": ...}`` body; a client that resets its connection costs one debug
+line, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import ipaddress
 import logging
+import re
+import selectors
 import signal
 import socket
 import threading
@@ -16,7 +40,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -33,7 +56,51 @@ LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 IDLE_CONNECTION_TIMEOUT_SECONDS: Final = 60
 LINGER_SECONDS: Final = 2.0
 LINGER_MAX_BYTES: Final = 64 * 1024 * 1024
+# How long requests in flight may run on after SIGTERM before ``on_shutdown`` is called.
+SHUTDOWN_GRACE_SECONDS: Final = 5.0
+# After ``on_shutdown``: how long the workers get to answer and end.
+SHUTDOWN_FINISH_SECONDS: Final = 5.0
 _BINARY_MARKERS: Final = ("inference-header-content-length",)
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+_RECV_BYTES: Final = 65536
+# File descriptors kept for everything but client connections (models, logs, S3, the listener).
+_FD_RESERVE: Final = 64
+# Connections refused at the cap are drained for this long after their 503, at most this many at once.
+_REFUSAL_LINGER_SECONDS: Final = 1.0
+_MAX_LINGERING_REFUSALS: Final = 256
+# Accepting pauses this long when the process is out of file descriptors.
+_ACCEPT_PAUSE_SECONDS: Final = 0.5
+_WARNING_INTERVAL_SECONDS: Final = 10.0
+
+_TCHAR: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE: Final = re.compile(rb"(" + _TCHAR + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_HEADER_LINE: Final = re.compile(rb"(" + _TCHAR + rb"):[ \t]*(.*?)[ \t]*", re.DOTALL)
+# Field values: visible characters, obs-text, space and tab; no other control character.
+_BAD_VALUE_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTENT_LENGTH: Final = re.compile(r"[0-9]{1,19}")
+_JSON: Final = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may cost the server. The defaults suit a device on a network it does not trust."""
+
+    # Request line plus headers, in bytes (API Gateway allows 10 KB of them); past it, 431 (414 when the
+    # request line alone is longer).
+    max_head_bytes: int = 16 * 1024
+    max_headers: int = 100
+    # From a request's first byte to the end of its headers, then from there to the end of its body.
+    header_seconds: float = 10.0
+    body_seconds: float = 30.0
+    # A keep-alive connection waiting for its next request; and the longest a response may take to send.
+    idle_seconds: float = IDLE_CONNECTION_TIMEOUT_SECONDS
+    send_seconds: float = 30.0
+    # Connections served at once; fewer when the file-descriptor limit is lower.
+    max_connections: int = 128
+    backlog: int = 1024
+
+
+DEFAULT_LIMITS: Final = Limits()
 
 
 @dataclass
@@ -54,7 +121,7 @@ class LocalLambdaContext:
 
 
 def build_proxy_event(
-    method: str, target: str, headers: list[tuple[str, str]], body: bytes, request_id: str
+    method: str, target: str, headers: list[tuple[str, str]], body: bytes | bytearray, request_id: str
 ) -> dict[str, Any]:
     split = urlsplit(target)
     path = unquote(split.path)
@@ -100,57 +167,183 @@ def build_proxy_event(
     }
 
 
-class ProxyRequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "modelship"
-    timeout = IDLE_CONNECTION_TIMEOUT_SECONDS
-    server: LocalServer
+class _Refusal(Exception):
+    """A request answered with an error and a closed connection, before it reaches the handler."""
 
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, status: int, message: str, linger: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        # Drain what the client may still be sending, so it reads this answer instead of a reset.
+        self.linger = linger
 
-    def do_GET(self) -> None:
-        self._proxy()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET  # noqa: N815
+class _ClientGone(Exception):
+    """The client closed or reset its side in the middle of a request."""
 
-    def _proxy(self) -> None:
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    content_length: int
+    expect_continue: bool
+    close: bool
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _response_head(status: int, headers: dict[str, str], length: int, connection: str | None) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
+    lines.extend(f"{key}: {value}" for key, value in headers.items() if key.lower() != "content-length")
+    lines.append(f"Content-Length: {length}")
+    if connection is not None:
+        lines.append(f"Connection: {connection}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def _parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> _Request:
+    """Parse a request head (without its final empty line) strictly, or raise ``_Refusal``."""
+    without_line_ends = head.replace(b"\r\n", b"")
+    if b"\r" in without_line_ends or b"\n" in without_line_ends:
+        raise _Refusal(400, "malformed request head: every line must end with CRLF")
+    request_line, *lines = head.split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        raise _Refusal(400, "malformed request line")
+    method_bytes, target_bytes, major, minor = match.groups()
+    if major != b"1":
+        raise _Refusal(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+    version = "HTTP/1.0" if minor == b"0" else "HTTP/1.1"
+    target = target_bytes.decode("ascii")
+    if target.startswith("//"):
+        # As http.server does: '//host/path' is a path, never another host.
+        target = "/" + target.lstrip("/")
+    lowered_target = target[:8].lower()
+    if not (target.startswith("/") or lowered_target.startswith(("http://", "https://")) or target == "*"):
+        raise _Refusal(400, "malformed request target")
+    if len(lines) > limits.max_headers:
+        raise _Refusal(431, f"more than {limits.max_headers} header lines")
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        header = _HEADER_LINE.fullmatch(line)
+        # No colon, blanks before it, a folded line or a name that is not an ASCII token: all refused.
+        if header is None:
+            raise _Refusal(400, "malformed header line")
+        name, value = header.groups()
+        if _BAD_VALUE_BYTE.search(value):
+            raise _Refusal(400, "control character in a header value")
+        headers.append((name.decode("ascii"), value.decode("latin-1")))
+    return _framing(target, method_bytes.decode("ascii"), version, headers)
+
+
+def _framing(target: str, method: str, version: str, headers: list[tuple[str, str]]) -> _Request:
+    """How long the body is and whether the connection stays open, refusing anything ambiguous."""
+    lengths: list[str] = []
+    codings: list[str] = []
+    connection: list[str] = []
+    hosts = 0
+    expect_continue = False
+    for name, value in headers:
+        key = name.lower()
+        if key == "content-length":
+            lengths.append(value)
+        elif key == "transfer-encoding":
+            codings.append(value.lower())
+        elif key == "connection":
+            connection.extend(token.strip().lower() for token in value.split(","))
+        elif key == "host":
+            hosts += 1
+        elif key == "expect":
+            expect_continue = value.lower() == "100-continue" and version == "HTTP/1.1"
+    if codings:
+        # Two Transfer-Encoding headers, or one beside Content-Length, are how requests get smuggled;
+        # no client of this server needs a transfer coding, so every one is refused.
+        if any("chunked" in coding for coding in codings):
+            raise _Refusal(411, "chunked bodies are not supported; send Content-Length")
+        raise _Refusal(501, "transfer codings are not supported; send Content-Length")
+    if not all(_CONTENT_LENGTH.fullmatch(value) for value in lengths) or len({int(v) for v in lengths}) > 1:
+        # Differing duplicates would let a request hide inside another's body (RFC 9112, 6.3).
+        raise _Refusal(400, "invalid or conflicting Content-Length")
+    if hosts > 1:
+        raise _Refusal(400, "more than one Host header")
+    if method not in _METHODS:
+        raise _Refusal(501, f"Unsupported method ({method!r})")
+    close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
+    return _Request(
+        method=method,
+        target=target,
+        version=version,
+        headers=headers,
+        content_length=int(lengths[0]) if lengths else 0,
+        expect_continue=expect_continue,
+        close=close,
+    )
+
+
+class _Connection:
+    """One client connection, served by its own thread: requests one after another (keep-alive)."""
+
+    __slots__ = ("buffer", "busy", "peer", "server", "sock")
+
+    def __init__(self, server: LocalServer, sock: socket.socket, peer: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.buffer = bytearray()
+        # True from a request's first byte until its answer is sent; idle connections close at shutdown.
+        self.busy = False
+
+    def serve(self) -> None:
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while self._serve_one():
+                pass
+        except (_ClientGone, OSError) as error:
+            # A reset, a broken pipe, a timeout: the client's business, not a fault of ours.
+            logger.debug("connection from %s ended: %s", self.peer, str(error) or type(error).__name__)
+        except Exception:
+            logger.exception("unexpected error while serving %s", self.peer)
+        finally:
+            self.sock.close()
+            self.server._forget(self)
+
+    def abort(self) -> None:
+        """Wake the thread from any read or write on this connection (used at shutdown)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _serve_one(self) -> bool:
+        """Serve one request; True when the connection stays open for another."""
+        if not self._await_request():
+            return False
         started = time.perf_counter()
-        status, body = self._proxy_once()
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                '%s "%s %s" %d %dB %.2fms',
-                self.client_address[0],
-                self.command,
-                self.path[:200],
-                status,
-                len(body),
-                (time.perf_counter() - started) * 1000,
-            )
-
-    def _proxy_once(self) -> tuple[int, bytes]:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            return self._send_error_json(411, "chunked bodies are not supported; send Content-Length")
-        length = self._content_length()
-        if length is None:
-            self.close_connection = True
-            return self._send_error_json(400, "invalid or conflicting Content-Length")
-        refusal = self._refuse_size(length)
-        if refusal is not None:
-            self.close_connection = True
-            answer = self._send_error_json(refusal.status, refusal.message)
-            self._discard_body(length)
-            return answer
-        body = self.rfile.read(length) if length else b""
-        if len(body) < length:
-            # The client went away mid-body: there is no one to answer, and half a request is not one.
-            self.close_connection = True
-            return 400, b""
+        request: _Request | None = None
+        try:
+            request = self._read_head()
+            body = self._read_body(request)
+        except _Refusal as refusal:
+            self._refuse(refusal, request, started)
+            return False
+        except _ClientGone:
+            if request is not None:
+                # Half a request is not one and there is no one to answer; it is still logged.
+                self._log(request.method, request.target, 400, 0, started)
+            raise
         context = LocalLambdaContext()
         event = build_proxy_event(
-            self.command, self.path, list(self.headers.items()), body, context.aws_request_id
+            request.method, request.target, request.headers, body, context.aws_request_id
         )
         try:
             result = self.server.lambda_handler(event, context)
@@ -161,110 +354,425 @@ class ProxyRequestHandler(BaseHTTPRequestHandler):
         except Exception:
             # API Gateway answers 502 when the integration fails; so do we, without leaking a traceback.
             logger.exception("the Lambda handler failed")
-            return self._send_error_json(502, "internal server error")
-        self._send(status, headers, raw)
-        return status, raw
-
-    def _content_length(self) -> int | None:
-        # Differing duplicates would let a request hide inside another's body (RFC 9112, 6.3).
-        values = {value.strip() for value in self.headers.get_all("Content-Length") or ["0"]}
-        if len(values) != 1:
-            return None
-        (value,) = values
-        return int(value) if value.isascii() and value.isdigit() else None
-
-    def handle_expect_100(self) -> bool:
-        # Refuse an oversized body before inviting the client to send it.
-        length = self._content_length()
-        refusal = self._refuse_size(length) if length is not None else None
-        if refusal is not None:
-            self.close_connection = True
-            self._send_error_json(refusal.status, refusal.message)
+            status, headers, raw = 502, _JSON, _error_body("internal server error")
+        close = request.close or self.server.stopping
+        self._send(status, headers, raw, request, close)
+        self._log(request.method, request.target, status, len(raw), started)
+        if close:
+            self._linger()
             return False
-        return super().handle_expect_100()
+        return self.server._idle(self)
 
-    def _refuse_size(self, length: int) -> PayloadTooLarge | None:
-        # The core's rule, asked before the body is read, so a huge body is never buffered.
+    def _await_request(self) -> bool:
+        """Wait (up to the idle timeout) for the first byte of the next request."""
+        if not self.buffer:
+            self.sock.settimeout(self.server.limits.idle_seconds)
+            try:
+                chunk = self.sock.recv(_RECV_BYTES)
+            except TimeoutError:
+                return False
+            if not chunk:
+                return False
+            self.buffer += chunk
+        self.server._busy(self)
+        return True
+
+    def _recv(self, deadline: float, refusal: _Refusal) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise refusal
+        self.sock.settimeout(remaining)
         try:
+            chunk = self.sock.recv(_RECV_BYTES)
+        except TimeoutError:
+            raise refusal from None
+        if not chunk:
+            raise _ClientGone("the client closed the connection mid-request")
+        self.buffer += chunk
+
+    def _read_head(self) -> _Request:
+        limits = self.server.limits
+        deadline = time.monotonic() + limits.header_seconds
+        late = _Refusal(408, f"the request headers did not arrive within {limits.header_seconds:g} s")
+        while True:
+            # Empty lines before a request line are ignored (RFC 9112, 2.2).
+            while self.buffer.startswith(b"\r\n"):
+                del self.buffer[:2]
+            end = self.buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(self.buffer) > limits.max_head_bytes:
+                if b"\r\n" not in self.buffer:
+                    raise _Refusal(414, f"the request line is longer than {limits.max_head_bytes} bytes")
+                raise _Refusal(431, f"the request headers are longer than {limits.max_head_bytes} bytes")
+            if self.buffer.count(b"\n") != self.buffer.count(b"\r\n"):
+                raise _Refusal(400, "malformed request head: every line must end with CRLF")
+            self._recv(deadline, late)
+        if end + 4 > limits.max_head_bytes:
+            raise _Refusal(431, f"the request headers are longer than {limits.max_head_bytes} bytes")
+        head = bytes(self.buffer[:end])
+        del self.buffer[: end + 4]
+        return _parse_head(head, limits)
+
+    def _read_body(self, request: _Request) -> bytes | bytearray:
+        length = request.content_length
+        try:
+            # The core's rule, asked before the body is read, so a huge body is never buffered.
             check_request_size(length, self.server.max_request_bytes)
         except PayloadTooLarge as error:
-            return error
-        return None
+            raise _Refusal(error.status, error.message) from None
+        if request.expect_continue and length:
+            self.sock.settimeout(self.server.limits.send_seconds)
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if len(self.buffer) >= length:
+            body = bytes(self.buffer[:length])
+            del self.buffer[:length]
+            return body
+        seconds = self.server.limits.body_seconds
+        deadline = time.monotonic() + seconds
+        late = _Refusal(408, f"the request body did not arrive within {seconds:g} s", linger=False)
+        # Grown as bytes arrive, never allocated from the declared length alone.
+        while len(self.buffer) < length:
+            self._recv(deadline, late)
+        body_bytes = self.buffer[:length]
+        del self.buffer[:length]
+        return body_bytes
 
-    def _discard_body(self, length: int) -> None:
-        """Lingering close: read (and drop) a refused body for a bounded time, so a client still
-        sending it gets to read our 413 instead of a broken pipe."""
+    def _refuse(self, refusal: _Refusal, request: _Request | None, started: float) -> None:
+        body = _error_body(refusal.message)
+        self._send(refusal.status, _JSON, body, request, close=True)
+        method, target = (request.method, request.target) if request is not None else ("-", "-")
+        self._log(method, target, refusal.status, len(body), started)
+        if refusal.linger:
+            self._linger()
+
+    def _send(
+        self, status: int, headers: dict[str, str], body: bytes, request: _Request | None, close: bool
+    ) -> None:
+        if close:
+            connection: str | None = "close"
+        elif request is not None and request.version == "HTTP/1.0":
+            # HTTP/1.0 closes by default; say we keep it open, or the client waits for EOF.
+            connection = "keep-alive"
+        else:
+            connection = None
+        head = _response_head(status, headers, len(body), connection)
+        self.sock.settimeout(self.server.limits.send_seconds)
+        self.sock.sendall(head + body if request is None or request.method != "HEAD" else head)
+
+    def _linger(self) -> None:
+        """Lingering close: stop sending, then read (and drop) what the client still sends for a bounded
+        time, so a client still sending a refused body reads our answer instead of a reset."""
         deadline = time.monotonic() + LINGER_SECONDS
-        remaining = min(length, LINGER_MAX_BYTES)
+        remaining = LINGER_MAX_BYTES
         try:
-            self.connection.settimeout(LINGER_SECONDS)
-            while remaining > 0 and time.monotonic() < deadline:
-                chunk = self.rfile.read1(min(remaining, 1 << 16))
+            self.sock.shutdown(socket.SHUT_WR)
+            while remaining > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.sock.settimeout(left)
+                chunk = self.sock.recv(_RECV_BYTES)
                 if not chunk:
                     break
                 remaining -= len(chunk)
         except OSError:
             pass
 
-    def _send_error_json(self, status: int, message: str) -> tuple[int, bytes]:
-        body = orjson.dumps({"error": message})
-        self._send(status, {"Content-Type": "application/json"}, body)
-        return status, body
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # Called by the base class for malformed requests; answer in JSON like every other error.
-        self.close_connection = True
-        self._send_error_json(code, message or HTTPStatus(code).phrase)
-
-    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        lines = [f"HTTP/1.1 {status} {phrase}"]
-        lines.extend(f"{key}: {value}" for key, value in headers.items() if key.lower() != "content-length")
-        lines.append(f"Content-Length: {len(body)}")
-        if self.close_connection:
-            lines.append("Connection: close")
-        elif self.request_version == "HTTP/1.0":
-            # HTTP/1.0 closes by default; say we keep it open, or the client waits for EOF.
-            lines.append("Connection: keep-alive")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + body if self.command != "HEAD" else head)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug(format, *args)
+    def _log(self, method: str, target: str, status: int, length: int, started: float) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                '%s "%s %s" %d %dB %.2fms',
+                self.peer,
+                method,
+                target[:200],
+                status,
+                length,
+                (time.perf_counter() - started) * 1000,
+            )
 
 
-class LocalServer(ThreadingHTTPServer):
-    """One thread per connection, each running ``lambda_handler`` for its requests; the handler must be
-    thread-safe. ``serve_forever`` below runs it until Ctrl-C or SIGTERM."""
+def _descriptor_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
-    daemon_threads = True
-    allow_reuse_address = True
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4 loopback mapped into IPv6."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+class LocalServer:
+    """One thread per connection (at most ``limits.max_connections``), each running ``lambda_handler`` for
+    its requests; the handler must be thread-safe. ``serve_forever`` below runs it until Ctrl-C or
+    SIGTERM, then shuts it down gracefully."""
 
     def __init__(
-        self, address: tuple[str, int], lambda_handler: LambdaHandler, max_request_bytes: int
+        self,
+        address: tuple[str, int],
+        lambda_handler: LambdaHandler,
+        max_request_bytes: int,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        super().__init__(address, ProxyRequestHandler)
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=limits.backlog)
+        self.socket.setblocking(False)
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self.lambda_handler = lambda_handler
         self.max_request_bytes = max_request_bytes
+        self.limits = limits
+        descriptors = _descriptor_limit()
+        self.max_connections = limits.max_connections
+        if descriptors is not None and descriptors - _FD_RESERVE < self.max_connections:
+            self.max_connections = max(1, descriptors - _FD_RESERVE)
+            logger.warning(
+                "the file-descriptor limit is %d: serving at most %d connections at once",
+                descriptors,
+                self.max_connections,
+            )
+        if not is_loopback(self.server_address[0]):
+            logger.warning(
+                "listening on %s port %d, which is not a loopback address: anyone who can reach it can "
+                "call every model in the store, with no authentication and no TLS",
+                self.server_address[0],
+                self.server_address[1],
+            )
+        self._connections: set[_Connection] = set()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._hurry = threading.Event()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._last_warning: dict[str, float] = {}
+        refusal = _error_body(
+            f"the server has {self.max_connections} connections open already; retry shortly"
+        )
+        self._refusal = _response_head(503, {**_JSON, "Retry-After": "1"}, len(refusal), "close") + refusal
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def shutdown(self) -> None:
+        """Ask ``serve_forever`` to stop accepting. Safe from any thread and from a signal handler; a
+        second call cuts the grace period short."""
+        if self._stop.is_set():
+            self._hurry.set()
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"\0")
+
+    def serve_forever(self) -> None:
+        """Accept connections until ``shutdown``; each is served by a thread of its own."""
+        lingering: dict[socket.socket, float] = {}
+        paused_until: float | None = None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ, "accept")
+            selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if paused_until is not None and now >= paused_until:
+                    selector.register(self.socket, selectors.EVENT_READ, "accept")
+                    paused_until = None
+                timeout = 0.5 if not lingering else min(0.5, max(0.0, min(lingering.values()) - now))
+                for key, _ in selector.select(timeout):
+                    if key.data == "accept":
+                        if not self._accept(selector, lingering):
+                            selector.unregister(self.socket)
+                            paused_until = time.monotonic() + _ACCEPT_PAUSE_SECONDS
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            self._wake_read.recv(64)
+                    else:
+                        self._drain_refused(selector, lingering, key.fileobj)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for sock in [sock for sock, until in lingering.items() if until <= now]:
+                    self._close_refused(selector, lingering, sock)
+            for sock in list(lingering):
+                self._close_refused(selector, lingering, sock)
+
+    def _accept(self, selector: selectors.BaseSelector, lingering: dict[socket.socket, float]) -> bool:
+        """Accept one connection; False when accepting must pause (no file descriptors left)."""
+        try:
+            sock, peer = self.socket.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return True
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._warn(
+                    "accept",
+                    "cannot accept connections (%s) with %d open: pausing accepts for %g s",
+                    error.strerror,
+                    len(self._connections),
+                    _ACCEPT_PAUSE_SECONDS,
+                )
+                return False
+            raise
+        with self._lock:
+            full = len(self._connections) >= self.max_connections
+            connection = None if full else _Connection(self, sock, str(peer[0]))
+            if connection is not None:
+                self._connections.add(connection)
+        if connection is None:
+            self._warn(
+                "full",
+                "%d connections open, the most this server serves at once: answering new ones 503",
+                self.max_connections,
+            )
+            self._refuse_connection(selector, lingering, sock)
+            return True
+        try:
+            threading.Thread(target=connection.serve, name=f"http-{peer[0]}", daemon=True).start()
+        except RuntimeError as error:  # can't start new thread
+            self._warn("thread", "cannot start a thread for a connection: %s", error)
+            sock.close()
+            self._forget(connection)
+        return True
+
+    def _refuse_connection(
+        self, selector: selectors.BaseSelector, lingering: dict[socket.socket, float], sock: socket.socket
+    ) -> None:
+        """Answer 503 without a thread: send, stop sending, then drain until the client closes."""
+        try:
+            sock.setblocking(False)
+            sock.send(self._refusal)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(lingering) >= _MAX_LINGERING_REFUSALS:
+            sock.close()
+            return
+        lingering[sock] = time.monotonic() + _REFUSAL_LINGER_SECONDS
+        selector.register(sock, selectors.EVENT_READ, "refused")
+
+    def _drain_refused(
+        self, selector: selectors.BaseSelector, lingering: dict[socket.socket, float], sock: socket.socket
+    ) -> None:
+        try:
+            if sock.recv(_RECV_BYTES):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._close_refused(selector, lingering, sock)
+
+    @staticmethod
+    def _close_refused(
+        selector: selectors.BaseSelector, lingering: dict[socket.socket, float], sock: socket.socket
+    ) -> None:
+        selector.unregister(sock)
+        del lingering[sock]
+        sock.close()
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        """A warning at most every few seconds per kind, so a flood cannot flood the log."""
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -_WARNING_INTERVAL_SECONDS) >= _WARNING_INTERVAL_SECONDS:
+            self._last_warning[kind] = now
+            logger.warning(message, *args)
+
+    def _busy(self, connection: _Connection) -> None:
+        with self._lock:
+            connection.busy = True
+
+    def _idle(self, connection: _Connection) -> bool:
+        """Mark a connection idle after its answer; False when the server is stopping (close it)."""
+        with self._changed:
+            connection.busy = False
+            self._changed.notify_all()
+            return not self._stop.is_set()
+
+    def _forget(self, connection: _Connection) -> None:
+        with self._changed:
+            connection.busy = False
+            self._connections.discard(connection)
+            self._changed.notify_all()
+
+    def _wait(self, seconds: float, done: Callable[[], bool], hurry: bool) -> None:
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            while not done() and not (hurry and self._hurry.is_set()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._changed.wait(min(remaining, 0.1))
+
+    def drain(
+        self,
+        grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+        on_shutdown: Callable[[], object] | None = None,
+        finish_seconds: float = SHUTDOWN_FINISH_SECONDS,
+    ) -> int:
+        """Shut down after ``serve_forever`` returned: close idle connections, give requests in flight
+        ``grace_seconds`` to finish, call ``on_shutdown``, give the workers ``finish_seconds`` to answer
+        and end. Returns how many connections were still being served at the end (0: a clean stop)."""
+        self._stop.set()
+        self.socket.close()
+        with self._lock:
+            for connection in self._connections:
+                if not connection.busy:
+                    connection.abort()
+        self._wait(grace_seconds, lambda: not any(c.busy for c in self._connections), hurry=True)
+        if on_shutdown is not None:
+            try:
+                on_shutdown()
+            except Exception:
+                logger.exception("the shutdown hook failed")
+        self._wait(finish_seconds, lambda: not any(c.busy for c in self._connections), hurry=False)
+        with self._lock:
+            for connection in self._connections:
+                connection.abort()
+        self._wait(1.0, lambda: not self._connections, hurry=False)
+        with self._lock:
+            return len(self._connections)
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self._wake_read.close()
+        self._wake_write.close()
 
 
-def serve_forever(server: LocalServer) -> None:
-    """Serve until Ctrl-C or SIGTERM, then stop accepting and close the socket."""
+def serve_forever(
+    server: LocalServer,
+    on_shutdown: Callable[[], object] | None = None,
+    grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+) -> int:
+    """Serve until Ctrl-C or SIGTERM, then shut down gracefully (``LocalServer.drain``): requests in
+    flight get ``grace_seconds``, then ``on_shutdown`` is called (to cancel what still runs) and the
+    workers are waited for. Returns how many requests were abandoned (0 after a clean stop): the caller
+    should then end the process without running the interpreter's finalisation over them."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        # Once: a second SIGTERM (a supervisor and its child both forwarding one) must not raise again
-        # in the middle of interpreter shutdown; it ends the process quietly instead.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        # Only flags and a byte on a socket here; a second signal cuts the grace period short.
+        server.shutdown()
 
+    installed: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            installed[signum] = signal.signal(signum, stop)
     try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
+        server.serve_forever()
         logger.info("shutting down")
+        abandoned = server.drain(grace_seconds, on_shutdown)
+        if abandoned:
+            logger.warning("%d requests were still running after shutdown; abandoning them", abandoned)
+        return abandoned
     finally:
         server.server_close()
+        for signum, previous in installed.items():
+            signal.signal(signum, previous)

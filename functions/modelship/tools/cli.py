@@ -130,21 +130,29 @@ def command_serve(args: argparse.Namespace) -> int:
         preload = preload or ((DEFAULT_MODEL_NAME, None),)
     settings = dataclasses.replace(settings, store_uri=store, preload=preload)
     service = InferenceService.from_settings(settings)
-    service.preload()
     _configure_access_log()
-    for model, problem in service.preload_errors.items():
-        print(f"warning: could not preload {model}: {problem}", file=sys.stderr)
     try:
         server = LocalServer((args.host, args.port), proxy_handler(service), settings.max_request_bytes)
     except OSError as error:
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
         return 1
+    # Listening first: a slow or unreachable store must not keep the server from answering. Readiness
+    # reports the models still loading, and the log says why one could not be loaded.
+    service.start_preload()
     print(
         f"modelship {__version__} serving {store} on http://{args.host}:{args.port}/v2 (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )
-    serve_forever(server)
+    # After the grace period, runs still inside onnxruntime are cancelled (they answer 503).
+    abandoned = serve_forever(server, on_shutdown=service.cancel_runs)
+    if abandoned:
+        # A thread still inside onnxruntime would abort the interpreter's finalisation (exit 134):
+        # end the process here instead, logs flushed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
