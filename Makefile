@@ -9,7 +9,7 @@ ARCH ?= $(shell uname -m | sed -e 's/aarch64/arm64/')
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: help venv node serve test test-fast lint integration layer synth localstack-up localstack-down deploy-local bench clean
+.PHONY: help venv node serve test test-fast lint integration reliability fuzz layer synth localstack-up localstack-down deploy-local bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ lint: venv ## ruff, mypy (strict on modelship) and the import contracts (lint-im
 
 integration: venv node ## LocalStack integration tests: fresh LocalStack, deploy, test, tear down
 	bash scripts/test.sh integration
+
+reliability: venv ## Reliability and security suite with figures (bounded); writes docs/reliability.md
+	bash scripts/reliability.sh
+
+fuzz: venv ## Long property-based fuzzing of the parsers (about 35 minutes; HYPOTHESIS_MAX_EXAMPLES=N to change)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/reliability -k fuzz -p no:cacheprovider
 
 layer: venv ## Build the onnxruntime + numpy Lambda layer: make layer ARCH=x86_64|arm64
 	$(PY) layers/build_layer.py --arch $(ARCH)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, tier by tier:  scripts/test.sh [all|fast|lint|unit|functional|infra|edge|integration]
-#   all   = lint, unit, functional, infra, edge, then integration (LocalStack up, deploy, test, down)
+# The whole test suite, tier by tier:  scripts/test.sh [all|fast|lint|unit|functional|infra|edge|reliability|integration]
+#   all   = lint, unit, functional, infra, edge, reliability (bounded fuzzing, load, bandit), then
+#           integration (LocalStack up, deploy, test, down)
 #   fast  = unit and functional, without the tests marked slow or network
 # Every tier runs even if an earlier one failed; the exit status is non-zero if any failed, and the
 # last line sums up every pytest run ("N passed, N failed, N skipped").
@@ -74,6 +75,7 @@ case "${tier}" in
   functional) pytest_tier functional tests/functional ;;
   infra) pytest_tier infra tests/infra ;;
   edge) pytest_tier edge tests/edge ;;
+  reliability) pytest_tier reliability tests/reliability ;;
   integration) integration ;;
   fast)
     pytest_tier unit tests/unit -m "not slow and not network"
@@ -85,10 +87,11 @@ case "${tier}" in
     pytest_tier functional tests/functional
     pytest_tier infra tests/infra
     pytest_tier edge tests/edge
+    pytest_tier reliability tests/reliability
     integration
     ;;
   *)
-    echo "usage: scripts/test.sh [all|fast|lint|unit|functional|infra|edge|integration]" >&2
+    echo "usage: scripts/test.sh [all|fast|lint|unit|functional|infra|edge|reliability|integration]" >&2
     exit 2
     ;;
 esac

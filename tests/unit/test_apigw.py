@@ -9,7 +9,9 @@ import orjson
 import pytest
 from modelship.core.service import InferenceService
 from modelship.doors.apigw import handle_event
+from modelship.doors.local_http import build_proxy_event
 
+from tests.support.bad_requests import BAD_REQUESTS, BadRequestCase
 from tests.support.events import load_event
 from tests.support.oip import binary_request, read_response
 
@@ -104,3 +106,18 @@ def test_a_text_body_with_a_lone_surrogate_is_a_400(service: InferenceService) -
     result = handle_event(service, event)
     assert result["statusCode"] == 400
     assert orjson.loads(result["body"])["error"] == "request body is not valid UTF-8 text"
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=lambda case: case.id)
+def test_bad_request_through_api_gateway_events(service: InferenceService, case: BadRequestCase) -> None:
+    """The shared table through the Lambda door's translation, with events built as the local door
+    builds them (and as API Gateway sends them: a binary body base64-encoded)."""
+    path = case.path.replace(" ", "%20")
+    event = build_proxy_event(case.method, path, list(case.headers.items()), case.body, "bad-request")
+    result = handle_event(service, event)
+    assert result["statusCode"] == case.status, result["body"][:300]
+    assert result["headers"]["Content-Type"] == "application/json"
+    error = orjson.loads(result["body"])["error"]
+    assert case.message in error and "Traceback" not in error
+    live = handle_event(service, {"httpMethod": "GET", "path": "/v2/health/live", "headers": {}})
+    assert live["statusCode"] == 200

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
+import subprocess  # nosec B404: runs only this interpreter on this module, never a shell
 import sys
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,7 +61,8 @@ def probe_model(
         str(threads or 0),
     ]
     try:
-        completed = subprocess.run(
+        # nosec B603: argv is this interpreter, this module and three numbers; the model goes on stdin.
+        completed = subprocess.run(  # nosec B603
             command, input=data, capture_output=True, timeout=timeout_seconds, check=False, env=_child_env()
         )
     except subprocess.TimeoutExpired:

@@ -30,6 +30,8 @@ warnings.filterwarnings(
 
 MAX_DIMENSION: Final = 2**31 - 1
 MAX_ELEMENTS: Final = 2**31 - 1
+# How many "score:index:label" strings one classification output may produce.
+MAX_CLASSIFICATION_ENTRIES: Final = 32_768
 # onnxruntime's own limit on a tensor's rank is far higher; no served model needs more than this.
 MAX_RANK: Final = 32
 
@@ -357,7 +359,14 @@ def check_response_size(call: InferenceCall, results: list[np.ndarray], limit: i
     for output, array in zip(call.outputs, results, strict=True):
         if output.classification:
             rows = array.size // array.shape[-1] if array.ndim and array.shape[-1] else 0
-            least += 2 * rows * min(output.classification, array.shape[-1] if array.ndim else 0)
+            entries = rows * min(output.classification, array.shape[-1] if array.ndim else 0)
+            if entries > MAX_CLASSIFICATION_ENTRIES:
+                # Each entry becomes a Python string ("score:index:label"): bounded in count, not bytes.
+                raise BadRequest(
+                    f"output {output.name!r}: classification would give {entries} entries (rows x classes), "
+                    f"over the limit of {MAX_CLASSIFICATION_ENTRIES}: ask for fewer classes or fewer rows"
+                )
+            least += 2 * entries
         elif output.binary:
             least += array.nbytes if array.dtype != object else 4 * array.size
         else:

@@ -98,6 +98,7 @@ class InferenceService:
                     self.preload_errors.pop(label, None)
                 except ModelshipError as error:
                     self.preload_errors[label] = error.message
+                    logger.warning("could not preload %s: %s", label, error.message)
                 finally:
                     self._loading.discard(label)
 

@@ -38,7 +38,8 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     # $TMPDIR when set (each LocalStack execution environment has its own), else /tmp: Lambda's only
     # writable path. tempfile.gettempdir() would do the same but costs an import at cold start.
     env = os.environ if environ is None else environ
-    return Path(env.get("TMPDIR") or "/tmp") / "modelship-cache"  # noqa: S108
+    # The cache's entries are named by sha256, re-verified on every read and written atomically.
+    return Path(env.get("TMPDIR") or "/tmp") / "modelship-cache"  # noqa: S108  # nosec B108
 
 
 def default_store_path() -> Path:

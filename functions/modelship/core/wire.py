@@ -16,12 +16,13 @@ class MalformedBytesTensor(ValueError):
 
 
 def encode_bytes_elements(array: np.ndarray) -> bytes:
-    parts = []
+    # One growing buffer: a list of parts costs a Python object (about 40 bytes) per prefix and element.
+    out = bytearray()
     for item in array.ravel():
         encoded = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts.append(_LENGTH_PREFIX.pack(len(encoded)))
-        parts.append(encoded)
-    return b"".join(parts)
+        out += _LENGTH_PREFIX.pack(len(encoded))
+        out += encoded
+    return bytes(out)
 
 
 def decode_bytes_elements(raw: bytes) -> list[bytes]:

@@ -21,7 +21,8 @@ _EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
 
 class ClientError(Exception):
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
+        # Status 0: no HTTP exchange happened (a bad URL, no credentials).
+        super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
         self.message = message
 
@@ -37,6 +38,8 @@ class InferenceClient:
     def __init__(
         self, base_url: str, *, sigv4: bool = False, api_key: str | None = None, timeout: float = 30.0
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ClientError(0, f"the URL must start with http:// or https://, got {base_url[:100]!r}")
         self.base_url = base_url.rstrip("/")
         self.sigv4 = sigv4
         self.api_key = api_key
@@ -53,7 +56,8 @@ class InferenceClient:
             all_headers = _sign(method, url, body, all_headers)
         request = urllib.request.Request(url, data=body or None, method=method, headers=all_headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            # The scheme is http or https (checked in __init__); the URL is the user's own --url.
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310  # nosec B310
                 return HttpResult(
                     response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
                 )
