@@ -144,7 +144,9 @@ def main() -> None:
     redirect.__enter__()
     for name, batch, repeat in (("tiny", 1, args.repeat), ("mlp", 32, max(50, args.repeat // 30))):
         model = service.lifecycle.get(name, None)
-        width = model.manifest.inputs[0].shape[-1]
+        shape = model.manifest.inputs[0].shape
+        assert shape is not None, "the benchmark's models have ranked inputs"
+        width = shape[-1]
         array = np.random.default_rng(1).standard_normal((batch, width)).astype(np.float32)
         for mode in ("json", "binary"):
             event = proxy_event(name, array, binary=mode == "binary")
