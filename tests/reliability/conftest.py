@@ -149,6 +149,8 @@ def reference(populated_store: Path) -> Reference:
 def known_bugs(fuzz_service: InferenceService) -> Iterator[KnownBugs]:
     present = probe_known_bugs(fuzz_service, handle_event)
     FUZZ.known_bugs_present = sorted(present)
+    # Every bug in KNOWN_BUGS is fixed: one that reproduces again is a regression, never tolerated.
+    assert not present, f"fixed bugs reproduce again: {sorted(present)}"
     bugs = KnownBugs(present)
     bugs.install()
     yield bugs
