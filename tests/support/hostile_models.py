@@ -273,3 +273,37 @@ def broken_files(good: bytes) -> dict[str, bytes]:
         "zero-bytes": b"",
         "junk": b"\x08\x96\x01" * 100,
     }
+
+
+def slow_to_fold(boxes: int = 400_000) -> bytes:
+    """y = x + shape(NonMaxSuppression over ``boxes`` constant boxes), x INT64 [2]: onnxruntime folds
+    the suppression when the session is created, O(boxes²) inside one kernel, so that takes minutes."""
+    nodes = [
+        helper.make_node(
+            "ConstantOfShape",
+            ["box_shape"],
+            ["boxes"],
+            value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+        ),
+        helper.make_node(
+            "ConstantOfShape",
+            ["score_shape"],
+            ["scores"],
+            value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]),
+        ),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores", "keep"], ["selected"]),
+        helper.make_node("Shape", ["selected"], ["selected_shape"]),
+        helper.make_node("Add", ["x", "selected_shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow_to_fold",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+        initializer=[
+            numpy_helper.from_array(np.array([1, boxes, 4], np.int64), "box_shape"),
+            numpy_helper.from_array(np.array([1, 1, boxes], np.int64), "score_shape"),
+            numpy_helper.from_array(np.array([boxes], np.int64), "keep"),
+        ],
+    )
+    return bytes(_model(graph).SerializeToString())

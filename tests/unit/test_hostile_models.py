@@ -305,3 +305,48 @@ def test_a_broken_newer_version_does_not_replace_the_serving_one(
     # So does an explicit load, which never falls back.
     loaded = service.handle("POST", "/v2/repository/models/m/load", {}, b"")
     assert loaded.status == 503 and "external data" in error_of(loaded)
+
+
+def test_unload_and_load_during_a_run_cannot_hold_a_second_copy_past_the_budget(
+    repository: ModelRepository, tmp_path: Path
+) -> None:
+    """An unloaded session lives on while a run uses it, and counts against the budget until then."""
+    repository.push(write_model(tmp_path, "counter", hostile_models.counting_loop()), "counter")
+    service = serve(repository, inference_timeout_seconds=2)
+    model = service.lifecycle.get("counter", None)
+    service.lifecycle.cache.budget_bytes = model.memory_estimate * 3 // 2  # room for one copy, not two
+    endless = infer_body({"x": ([1.0], [1], "FP32"), "n": ([2**62], [1], "INT64")})
+    answers: list[int] = []
+    run = threading.Thread(
+        target=lambda: answers.append(service.handle("POST", "/v2/models/counter/infer", {}, endless).status)
+    )
+    run.start()
+    deadline = time.monotonic() + 10
+    while service.lifecycle.watchdog.in_flight() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service.handle("POST", "/v2/repository/models/counter/unload", {}, b"").status == 200
+    refused = service.handle("POST", "/v2/repository/models/counter/load", {}, b"")
+    assert refused.status == 503 and "still finishing runs" in error_of(refused)
+    run.join(timeout=30)
+    assert answers == [504]
+    assert service.lifecycle.cache.retired_bytes() == 0
+    # Once the run has ended, its memory is free again (past the remembered failure's short window).
+    service.lifecycle.settings = Settings(store_uri=repository.uri, failure_retry_seconds=0)
+    assert service.handle("POST", "/v2/repository/models/counter/load", {}, b"").status == 200
+
+
+def test_classification_of_more_scores_than_it_ranks_is_refused(
+    repository: ModelRepository, tmp_path: Path
+) -> None:
+    """Ranking sorts every score, so its cost follows the output's size, not k."""
+    repository.push(write_model(tmp_path, "amplifier", hostile_models.output_amplifier()), "amplifier")
+    service = serve(repository)
+    body = orjson.dumps(
+        {
+            "inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [3_000_000]}],
+            "outputs": [{"name": "y", "parameters": {"classification": 1}}],
+        }
+    )
+    response = service.handle("POST", "/v2/models/amplifier/infer", {}, body)
+    assert response.status == 400
+    assert "scores, over the 2097152 that classification ranks" in error_of(response)

@@ -3,6 +3,9 @@ ever holding it, and what a good one costs is measured alone."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -16,6 +19,7 @@ from modelship.core.settings import Settings
 
 from tests.support import hostile_models
 from tests.support.models import identity_model, write_model
+from tests.support.processes import REPO_ROOT
 
 MIB = 1024 * 1024
 
@@ -70,3 +74,62 @@ def test_the_server_never_holds_a_refused_bomb(tmp_path: Path) -> None:
     assert "MiB" in orjson.loads(response.body)["error"]
     assert before is not None and after is not None
     assert after - before < 64 * MIB, "the gigabyte was only ever in the child"
+
+
+def test_a_warm_up_stuck_inside_one_kernel_is_stopped_by_the_load_timeout() -> None:
+    """A run's deadline is checked between kernels; a load's timeout kills the whole child."""
+    with pytest.raises(ModelUnavailable, match="did not finish loading within 2 s"):
+        probe(hostile_models.slow_to_fold(400_000), timeout=2, run_timeout=0.5)
+
+
+PARENT = """
+import sys
+sys.path[:0] = sys.argv[1:3]
+from modelship.core.isolation import probe_model
+from tests.support import hostile_models
+probe_model(hostile_models.slow_to_fold(400_000), where="m version 1", memory_limit_bytes=256 << 20,
+            timeout_seconds=600, run_timeout=600, threads=1)
+"""
+
+
+def test_an_isolated_load_dies_with_the_process_that_started_it() -> None:
+    """A server killed mid-load must not leave its child folding a hostile graph under init."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(REPO_ROOT / "functions"), str(REPO_ROOT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        child = wait_for_child(parent.pid, within=30)
+        assert child is not None, "the isolated load did not start"
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while is_running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not is_running(child), "the child outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def wait_for_child(parent_pid: int, within: float) -> int | None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{parent_pid}\n" in text:
+                return int(status.parent.name)
+        time.sleep(0.1)
+    return None
+
+
+def is_running(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "status").read_text().split("State:")[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

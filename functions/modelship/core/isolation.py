@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess  # nosec B404: runs only this interpreter on this module, never a shell
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 # What the child may use beyond what it had mapped after its imports: the session's own budget plus
 # room for onnxruntime's arenas, thread stacks and the warm-up's tensors.
 ADDRESS_SPACE_SLACK_BYTES: Final = 512 * 1024 * 1024
+# prctl(2)'s option: a signal for this process when its parent dies.
+_PR_SET_PDEATHSIG: Final = 1
 # The child's exit status when Python itself ran out of memory under the limit.
 OUT_OF_MEMORY_EXIT: Final = 3
 # How onnxruntime's arena reports an allocation that the address-space limit refused.
@@ -59,6 +62,7 @@ def probe_model(
         str(memory_limit_bytes + ADDRESS_SPACE_SLACK_BYTES),
         repr(run_timeout),
         str(threads or 0),
+        str(math.ceil(timeout_seconds)),
     ]
     try:
         # nosec B603: argv is this interpreter, this module and three numbers; the model goes on stdin.
@@ -114,6 +118,25 @@ def _parse(stdout: bytes) -> dict[str, Any] | None:
 
 def _mib(size: int) -> int:
     return -(-size // (1024 * 1024))
+
+
+def _bind_to_parent(cpu_seconds: int) -> None:
+    """Die with the server, and within its load timeout of CPU even if the server is gone: a child
+    re-parented to init would otherwise keep folding a hostile graph for as long as it likes."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the CPU limit still bounds the child
+    if os.getppid() != parent:
+        # The parent died before the signal was armed.
+        os._exit(1)
 
 
 def _child(limit_bytes: int, run_timeout: float, threads: int) -> dict[str, Any]:
@@ -178,6 +201,8 @@ def _status_bytes(field: str) -> int | None:
 
 def main() -> int:
     limit_bytes, run_timeout, threads = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    # CPU time adds up over onnxruntime's threads: the wall-clock timeout times the threads it may use.
+    _bind_to_parent(cpu_seconds=max(1, int(sys.argv[4])) * max(1, threads or os.cpu_count() or 1))
     try:
         report = _child(limit_bytes, run_timeout, threads)
     except MemoryError:

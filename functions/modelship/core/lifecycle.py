@@ -257,6 +257,14 @@ class ModelLifecycle:
                 f"{name} version {version} needs about {_mib(size)} MiB once loaded, over the session "
                 f"memory budget of {_mib(budget)} MiB"
             )
+        retired = self.cache.retired_bytes()
+        if retired + size > budget:
+            # Unloaded or evicted sessions still finishing their runs hold the memory: a load now would
+            # put a second copy beside them, past the budget.
+            raise ModelUnavailable(
+                f"{name} version {version} cannot be loaded yet: {_mib(retired)} MiB of the "
+                f"{_mib(budget)} MiB session budget is held by sessions still finishing runs; try again soon"
+            )
 
     def cancel_runs(self) -> int:
         """Stop every onnxruntime run in flight, and any later one (shutdown). Returns how many ran."""

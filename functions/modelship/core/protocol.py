@@ -30,7 +30,9 @@ warnings.filterwarnings(
 
 MAX_DIMENSION: Final = 2**31 - 1
 MAX_ELEMENTS: Final = 2**31 - 1
-# How many "score:index:label" strings one classification output may produce.
+# How many scores one classification output may rank, and how many "score:index:label" strings it
+# may produce.
+MAX_CLASSIFIED_SCORES: Final = 2**21
 MAX_CLASSIFICATION_ENTRIES: Final = 32_768
 # onnxruntime's own limit on a tensor's rank is far higher; no served model needs more than this.
 MAX_RANK: Final = 32
@@ -358,6 +360,12 @@ def check_response_size(call: InferenceCall, results: list[np.ndarray], limit: i
     least = 0
     for output, array in zip(call.outputs, results, strict=True):
         if output.classification:
+            if array.size > MAX_CLASSIFIED_SCORES:
+                # Ranking sorts every score: its time and memory grow with them, not with k.
+                raise BadRequest(
+                    f"output {output.name!r} has {array.size} scores, over the {MAX_CLASSIFIED_SCORES} that "
+                    "classification ranks: ask for the output itself (binary) instead"
+                )
             rows = array.size // array.shape[-1] if array.ndim and array.shape[-1] else 0
             entries = rows * min(output.classification, array.shape[-1] if array.ndim else 0)
             if entries > MAX_CLASSIFICATION_ENTRIES:

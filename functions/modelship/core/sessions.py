@@ -77,6 +77,7 @@ class LoadedModel:
     """
 
     __slots__ = (
+        "_runs_lock",
         "all_output_names",
         "inputs",
         "load_seconds",
@@ -86,6 +87,7 @@ class LoadedModel:
         "output_datatypes",
         "required_inputs",
         "run_timeout",
+        "runs_in_flight",
         "session",
         "version",
         "version_text",
@@ -103,6 +105,9 @@ class LoadedModel:
         self.manifest = manifest
         self.watchdog = watchdog
         self.run_timeout = run_timeout
+        # Runs using this session now: a session leaving the cache is freed only after the last one.
+        self.runs_in_flight = 0
+        self._runs_lock = threading.Lock()
         self.name = manifest.name
         self.version = manifest.version
         self.version_text = str(manifest.version)
@@ -131,6 +136,15 @@ class LoadedModel:
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the session within ``run_timeout``. A run past it is stopped (``DeadlineExceeded``, 504);
         one cancelled by shutdown is a 503; an input that onnxruntime refuses is a ``BadRequest``."""
+        with self._runs_lock:
+            self.runs_in_flight += 1
+        try:
+            return self._run(output_names, feeds)
+        finally:
+            with self._runs_lock:
+                self.runs_in_flight -= 1
+
+    def _run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self.watchdog.run(self.run_timeout) as ticket:
             try:
                 results: list[np.ndarray] = self.session.run(output_names, feeds, ticket.options)
@@ -250,12 +264,15 @@ def first_line(error: BaseException) -> str:
 class SessionCache:
     """Least-recently-used loaded models within a memory budget. The newest entry is never evicted.
 
-    Thread-safe. An evicted model is only dropped from the cache: a request already holding it finishes.
+    Thread-safe. An evicted or unloaded model leaves the cache at once, but its session lives on while
+    runs still use it: it stays *retired* and counts against the budget until its last run ends, so
+    unload and load during long runs cannot hold several copies of a model beyond the budget.
     """
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._retired: list[LoadedModel] = []
         self._lock = threading.Lock()
 
     def get(self, name: str, version: int) -> LoadedModel | None:
@@ -276,6 +293,7 @@ class SessionCache:
             while len(self._models) > 1 and self.used_bytes() > self.budget_bytes:
                 _, oldest = self._models.popitem(last=False)
                 evicted.append(oldest)
+            self._retire(evicted)
         for old in evicted:
             logger.info("evicted %s v%s to stay within the session memory budget", old.name, old.version)
         return evicted
@@ -285,10 +303,21 @@ class SessionCache:
             removed = [model for key, model in self._models.items() if key[0] == name]
             for model in removed:
                 del self._models[(model.name, model.version)]
+            self._retire(removed)
         return removed
 
     def used_bytes(self) -> int:
-        return sum(model.memory_estimate for model in self._models.values())
+        """What the cached sessions and the retired ones still running cost."""
+        cached = sum(model.memory_estimate for model in self._models.values())
+        return cached + self.retired_bytes()
+
+    def retired_bytes(self) -> int:
+        """What sessions that left the cache but still have runs in flight cost."""
+        self._retired = [model for model in self._retired if model.runs_in_flight]
+        return sum(model.memory_estimate for model in self._retired)
+
+    def _retire(self, models: list[LoadedModel]) -> None:
+        self._retired.extend(model for model in models if model.runs_in_flight)
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
