@@ -6,8 +6,8 @@ The child does what the server will do (create the session and run the warm-up) 
 limit and a wall-clock timeout, and reports what the session cost. A model that does not fit, or does
 not finish, is refused with that reason; the server's own memory and threads are never at stake.
 
-Run as ``python -m modelship.core.isolation LIMIT_BYTES RUN_TIMEOUT THREADS`` with the model on stdin;
-it prints one JSON line.
+Run as ``python -m modelship.core.isolation LIMIT_BYTES RUN_TIMEOUT THREADS LOAD_TIMEOUT PARENT_PID``
+with the model on stdin; it prints one JSON line.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def probe_model(
         repr(run_timeout),
         str(threads or 0),
         str(math.ceil(timeout_seconds)),
+        str(os.getpid()),
     ]
     try:
         # nosec B603: argv is this interpreter, this module and three numbers; the model goes on stdin.
@@ -120,13 +121,12 @@ def _mib(size: int) -> int:
     return -(-size // (1024 * 1024))
 
 
-def _bind_to_parent(cpu_seconds: int) -> None:
+def _bind_to_parent(cpu_seconds: int, parent: int) -> None:
     """Die with the server, and within its load timeout of CPU even if the server is gone: a child
     re-parented to init would otherwise keep folding a hostile graph for as long as it likes."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-    parent = os.getppid()
     try:
         import ctypes
 
@@ -135,7 +135,8 @@ def _bind_to_parent(cpu_seconds: int) -> None:
     except (OSError, AttributeError):
         pass  # not Linux: the CPU limit still bounds the child
     if os.getppid() != parent:
-        # The parent died before the signal was armed.
+        # The parent died before the signal was armed (its pid comes from the command line: reading our
+        # own parent now would already give init's).
         os._exit(1)
 
 
@@ -202,7 +203,8 @@ def _status_bytes(field: str) -> int | None:
 def main() -> int:
     limit_bytes, run_timeout, threads = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
     # CPU time adds up over onnxruntime's threads: the wall-clock timeout times the threads it may use.
-    _bind_to_parent(cpu_seconds=max(1, int(sys.argv[4])) * max(1, threads or os.cpu_count() or 1))
+    cpu_seconds = max(1, int(sys.argv[4])) * max(1, threads or os.cpu_count() or 1)
+    _bind_to_parent(cpu_seconds, parent=int(sys.argv[5]))
     try:
         report = _child(limit_bytes, run_timeout, threads)
     except MemoryError:
