@@ -101,4 +101,8 @@ if [ "${#failed_tiers[@]}" -gt 0 ]; then
   summary
   exit 1
 fi
+if [ "${tier}" = "lint" ]; then
+  echo "lint passed: ruff, ruff format, mypy, lint-imports"
+  exit 0
+fi
 summary

@@ -7,6 +7,7 @@ cannot exhaust memory; writes are atomic so a reader never sees half an object.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 import time
@@ -305,6 +306,9 @@ def _make_s3_client(limits: S3Limits) -> Any:
     return boto3.client("s3", config=config)
 
 
+_LOOKS_LIKE_A_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
 def open_blob_store(uri: str, s3_limits: S3Limits | None = None) -> BlobStore:
     """``s3://bucket[/prefix]``, ``file:///abs/path`` or a plain path. ``s3_limits`` applies to S3 only."""
     if uri.startswith("s3://"):
@@ -314,6 +318,7 @@ def open_blob_store(uri: str, s3_limits: S3Limits | None = None) -> BlobStore:
         return S3BlobStore(bucket, prefix, limits=s3_limits)
     if uri.startswith("file://"):
         uri = uri.removeprefix("file://")
-    elif "://" in uri:
+    elif "://" in uri or _LOOKS_LIKE_A_SCHEME.match(uri):
+        # "s3:/bucket" is a typo, not a local folder named "s3:".
         raise ValueError(f"unsupported store URI {uri!r}: use s3://bucket/prefix, file:///path or a path")
     return LocalBlobStore(Path(uri).expanduser().absolute())

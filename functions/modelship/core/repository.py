@@ -247,6 +247,13 @@ def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] |
         raise InvalidModel(f"refused: {error}") from None
     except Exception as error:
         raise InvalidModel(f"onnxruntime cannot load the model: {first_line(error)}") from None
+    if labels is not None:
+        widths = sorted({spec.shape[-1] for spec in outputs if spec.shape and spec.shape[-1] >= 0})
+        if widths and len(labels) not in widths:
+            raise InvalidModel(
+                f"{len(labels)} labels, but the model's outputs have {', '.join(map(str, widths))} classes: "
+                "labels name the classes along an output's last dimension"
+            )
     try:
         producer, opset = read_provenance(data, session.get_modelmeta().producer_name)
     except Exception:  # provenance is informative; onnxruntime has already proven the model loads

@@ -25,6 +25,18 @@ else a local store under ~/.local/share/modelship/store.
 """
 
 
+def _existing_store(uri: str) -> Any:
+    """The repository at ``uri``; a local one must exist (``push`` creates it): a typo in a path must
+    not read as an empty store."""
+    from modelship.core.blobs import LocalBlobStore
+    from modelship.core.repository import ModelRepository
+
+    repository = ModelRepository.open(uri)
+    if isinstance(repository.blobs, LocalBlobStore) and not repository.blobs.root.is_dir():
+        raise SystemExit(f"error: store {uri} does not exist (modelship push creates it)")
+    return repository
+
+
 def _version(text: str) -> int:
     """argparse type for a model version, in the grammar of ``names`` (no "01", no "+1")."""
     from modelship.core.names import parse_version
@@ -33,6 +45,12 @@ def _version(text: str) -> int:
         return parse_version(text)
     except BadRequest as error:
         raise argparse.ArgumentTypeError(error.message) from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {text!r}")
+    return int(text)
 
 
 def _default_store() -> str:
@@ -70,15 +88,14 @@ def command_push(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from modelship.core.repository import ModelRepository
 
-    listing = ModelRepository.open(args.store).list_models()
+    listing = _existing_store(args.store).list_models()
     if args.json:
         _print_json(listing)
     elif not listing:
         print(f"no models in {args.store}")
     else:
-        width = max(len(name) for name in listing)
+        width = max(len("MODEL"), *(len(name) for name in listing))
         print(f"{'MODEL':<{width}}  VERSIONS")
         for name, versions in listing.items():
             print(f"{name:<{width}}  {', '.join(str(version) for version in versions)}")
@@ -128,6 +145,8 @@ def command_serve(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory() as scratch:
                 ensure_default_model(repository, Path(scratch))
         preload = preload or ((DEFAULT_MODEL_NAME, None),)
+    else:
+        _existing_store(store)
     settings = dataclasses.replace(settings, store_uri=store, preload=preload)
     service = InferenceService.from_settings(settings)
     _configure_access_log()
@@ -182,7 +201,10 @@ def command_infer(args: argparse.Namespace) -> int:
         if name not in specs:
             raise SystemExit(f"error: {args.model} has no input {name!r}; inputs: {sorted(specs)}")
         spec = specs[name]
-        inputs[name] = parse_input_value(value, spec["datatype"], len(spec["shape"]))
+        try:
+            inputs[name] = parse_input_value(value, spec["datatype"], len(spec["shape"]))
+        except ValueError as error:
+            raise SystemExit(f"error: --input {name}: {error}") from None
     datatypes = {name: specs[name]["datatype"] for name in inputs}
     response = client.infer(
         args.model,
@@ -250,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", metavar="URI", help="store URI (default: $MODELSHIP_STORE, else the bundled default model)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=_port, default=8080, help="port to listen on, 1-65535 (default: %(default)s)"
+    )
     serve.add_argument(
         "--preload", metavar="NAMES", help="comma-separated models to load at start, e.g. 'iris,resnet:3'"
     )
@@ -277,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         action="append",
         required=True,
-        metavar="NAME=VALUE|@file.npy|@file.json",
+        metavar="NAME=(VALUE|@file.npy|@file.json)",
         help="an input tensor; repeat for several inputs",
     )
     infer.add_argument("--output", action="append", metavar="NAME", help="request only these outputs")

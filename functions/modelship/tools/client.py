@@ -40,7 +40,8 @@ class InferenceClient:
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ClientError(0, f"the URL must start with http:// or https://, got {base_url[:100]!r}")
-        self.base_url = base_url.rstrip("/")
+        # The server's banner ends in /v2; the client adds it to every path itself.
+        self.base_url = base_url.rstrip("/").removesuffix("/v2")
         self.sigv4 = sigv4
         self.api_key = api_key
         self.timeout = timeout
@@ -176,18 +177,26 @@ def parse_input_value(value: str, datatype: str, expected_rank: int) -> np.ndarr
                     array = array.reshape(document["shape"])
             else:
                 array = np.asarray(document)
-    else:
+    elif value.lstrip().startswith(("[", "{")):
         try:
             array = np.asarray(orjson.loads(value))
-        except orjson.JSONDecodeError:
-            array = (
-                np.asarray([value]) if datatype == BYTES else np.asarray([float(v) for v in value.split(",")])
-            )
+        except (orjson.JSONDecodeError, ValueError) as error:
+            raise ValueError(f"not valid JSON ({error}): {value[:60]}") from None
+    elif datatype == BYTES:
+        array = np.asarray([value])
+    else:
+        try:
+            array = np.asarray([float(item) for item in value.split(",")])
+        except ValueError:
+            raise ValueError(f"expected numbers, a JSON array, or @file: {value[:60]}") from None
     if expected_rank and array.ndim == expected_rank - 1:
         # Convenience: a single example without its batch dimension.
         array = array[np.newaxis, ...]
     target = object if datatype == BYTES else NUMPY_DTYPE_BY_DATATYPE[datatype]
-    converted: np.ndarray = array.astype(target)
+    try:
+        converted: np.ndarray = array.astype(target)
+    except (ValueError, TypeError):
+        raise ValueError(f"the values are not {datatype}: {value[:60]}") from None
     return converted
 
 
