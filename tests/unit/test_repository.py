@@ -29,7 +29,7 @@ def repository(tmp_path: Path) -> ModelRepository:
 
 def test_push_writes_layout_and_manifest(repository: ModelRepository, tmp_path: Path) -> None:
     data = add_sub_model()
-    manifest = repository.push(write_model(tmp_path, "m", data), "add_sub", labels=["x"])
+    manifest = repository.push(write_model(tmp_path, "m", data), "add_sub", labels=["w", "x", "y", "z"])
     root = tmp_path / "store"
     assert (root / "models/add_sub/1/model.onnx").read_bytes() == data
     document = orjson.loads((root / "models/add_sub/1/manifest.json").read_bytes())
@@ -41,7 +41,7 @@ def test_push_writes_layout_and_manifest(repository: ModelRepository, tmp_path: 
         {"name": "b", "datatype": "FP32", "shape": [-1, 4]},
     ]
     assert document["outputs"][0] == {"name": "sum", "datatype": "FP32", "shape": [-1, 4]}
-    assert document["labels"] == ["x"]
+    assert document["labels"] == ["w", "x", "y", "z"]
     assert document["opset"] == {"ai.onnx": 17}
     assert document["producer"] == {"name": "", "version": ""}
     assert document["created"].endswith("+00:00")

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # What the child may use beyond what it had mapped after its imports: the session's own budget plus
 # room for onnxruntime's arenas, thread stacks and the warm-up's tensors.
 ADDRESS_SPACE_SLACK_BYTES: Final = 512 * 1024 * 1024
+# What the child's CPU-time limit allows beyond the load timeout (imports, start-up).
+CPU_LIMIT_MARGIN_SECONDS: Final = 5
 # prctl(2)'s option: a signal for this process when its parent dies.
 _PR_SET_PDEATHSIG: Final = 1
 # The child's exit status when Python itself ran out of memory under the limit.
@@ -71,9 +73,10 @@ def probe_model(
             command, input=data, capture_output=True, timeout=timeout_seconds, check=False, env=_child_env()
         )
     except subprocess.TimeoutExpired:
-        raise ModelUnavailable(
-            f"{where} did not finish loading within {timeout_seconds:g} s in an isolated process; refusing it"
-        ) from None
+        raise _timed_out(where, timeout_seconds) from None
+    if completed.returncode == -signal.SIGXCPU:
+        # Its CPU-time limit, the load timeout's counterpart for a child whose parent stopped watching.
+        raise _timed_out(where, timeout_seconds)
     report = _parse(completed.stdout)
     if completed.returncode == 0 and report is not None and report.get("ok") is True:
         return ProbeReport(int(report["session_bytes"]), float(report["seconds"]))
@@ -93,6 +96,12 @@ def probe_model(
     logger.error("the isolated load of %s exited with %s: %s", where, completed.returncode, detail[-20:])
     raise ModelUnavailable(
         f"{where} cannot be loaded: the isolated load failed ({detail[-1][:200] if detail else 'no output'})"
+    )
+
+
+def _timed_out(where: str, timeout_seconds: float) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"{where} did not finish loading within {timeout_seconds:g} s in an isolated process; refusing it"
     )
 
 
@@ -202,8 +211,9 @@ def _status_bytes(field: str) -> int | None:
 
 def main() -> int:
     limit_bytes, run_timeout, threads = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-    # CPU time adds up over onnxruntime's threads: the wall-clock timeout times the threads it may use.
-    cpu_seconds = max(1, int(sys.argv[4])) * max(1, threads or os.cpu_count() or 1)
+    # CPU time adds up over onnxruntime's threads: the wall-clock timeout times the threads it may use,
+    # and a little over, so that the parent's own timeout normally comes first.
+    cpu_seconds = max(1, int(sys.argv[4])) * max(1, threads or os.cpu_count() or 1) + CPU_LIMIT_MARGIN_SECONDS
     _bind_to_parent(cpu_seconds, parent=int(sys.argv[5]))
     try:
         report = _child(limit_bytes, run_timeout, threads)
