@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from modelship.core.errors import BadRequest
 from modelship.core.names import parse_model_references
+from modelship.core.settings import FALSE_WORDS, TRUE_WORDS
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -57,8 +58,6 @@ _SNS_TOPIC_ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A
 # every lookup key holds a colon, which none of ours does).
 _FOREIGN_KEY_PATTERN = re.compile(r"^(?:@|aws:|acknowledged-issue-numbers$|cli-telemetry$)|:")
 _BULLET = "\n  - "
-_TRUE = frozenset({"true", "yes", "1", "on"})
-_FALSE = frozenset({"false", "no", "0", "off"})
 
 
 class ConfigError(ValueError):
@@ -115,8 +114,8 @@ def _boolean(value: object) -> bool:
     """true/false from cdk.json, or one of a few unambiguous words from ``-c``; nothing looser."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-        return value.lower() in _TRUE
+    if isinstance(value, str) and value.lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.lower() in TRUE_WORDS
     raise _problem("must be true or false")
 
 

@@ -33,7 +33,14 @@ from modelship.doors.local_http import DEFAULT_LIMITS, LocalServer, is_loopback
 from tests.support.hostile_models import counting_loop
 from tests.support.http_client import host_port, raw_exchange, read_until_closed, reset, statuses, trickle
 from tests.support.models import write_model
-from tests.support.processes import REPO_ROOT, RunningServer, free_port, modelship_command, running_server
+from tests.support.processes import (
+    REPO_ROOT,
+    RunningServer,
+    free_port,
+    modelship_command,
+    running_server,
+    stop,
+)
 
 IRIS_INFER = b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\n"
 # What a smuggler hides where the server should see a body: served, it would be a second response.
@@ -213,12 +220,7 @@ def server_with_descriptor_limit(store: Path, log_dir: Path, limit: int) -> Iter
             time.sleep(0.1)
         yield running
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=30)
 
 
 def test_running_out_of_file_descriptors_is_reported_and_survived(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -42,7 +41,7 @@ from moto.server import ThreadedMotoServer
 
 from tests.support.clock import FakeClock
 from tests.support.models import identity_model, write_model
-from tests.support.processes import REPO_ROOT, free_port, modelship_command
+from tests.support.processes import REPO_ROOT, free_port, modelship_command, stop
 from tests.support.s3_fault_proxy import S3FaultProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -291,13 +290,7 @@ def serving(
             time.sleep(0.05)
         yield ServeProcess(url, process, log_path, time.monotonic() - started)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=5)
 
 
 def wait_until_ready(server: ServeProcess, within: float) -> float:

@@ -12,9 +12,9 @@ import orjson
 import pytest
 from modelship.core.errors import ModelUnavailable
 from modelship.core.isolation import ProbeReport, probe_model
+from modelship.core.memory import resident_bytes
 from modelship.core.repository import ModelRepository
 from modelship.core.service import InferenceService
-from modelship.core.sessions import resident_bytes
 from modelship.core.settings import Settings
 
 from tests.support import hostile_models

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from modelship.core.errors import ModelUnavailable
+from modelship.core.memory import mebibytes, resident_bytes, status_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def probe_model(
         code = completed.returncode
         ended = f"signal {signal.Signals(-code).name}" if code < 0 else "an allocation failure"
         raise ModelUnavailable(
-            f"{where} needs more than {_mib(memory_limit_bytes)} MiB to load (the isolated load ended "
+            f"{where} needs more than {mebibytes(memory_limit_bytes)} MiB to load (the isolated load ended "
             f"with {ended}); refusing it"
         )
     # Our own failure, not the model's (the child could not start, say): the log gets the details.
@@ -126,10 +127,6 @@ def _parse(stdout: bytes) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def _mib(size: int) -> int:
-    return -(-size // (1024 * 1024))
-
-
 def _bind_to_parent(cpu_seconds: int, parent: int) -> None:
     """Die with the server, and within its load timeout of CPU even if the server is gone: a child
     re-parented to init would otherwise keep folding a hostile graph for as long as it likes."""
@@ -159,14 +156,13 @@ def _child(limit_bytes: int, run_timeout: float, threads: int) -> dict[str, Any]
         create_session,
         first_line,
         read_signature,
-        resident_bytes,
         warm_up_feeds,
     )
 
     data = sys.stdin.buffer.read()
     started = time.perf_counter()
     baseline = resident_bytes() or 0
-    mapped = _mapped_bytes()
+    mapped = status_bytes("VmSize")
     if mapped is not None:
         resource.setrlimit(resource.RLIMIT_AS, (mapped + limit_bytes, resource.RLIM_INFINITY))
     try:
@@ -186,27 +182,11 @@ def _child(limit_bytes: int, run_timeout: float, threads: int) -> dict[str, Any]
             if ticket.reason is not None:
                 return {"ok": False, "error": f"its warm-up ran past the {run_timeout:g} s deadline"}
             if _ALLOCATION_FAILED in str(error):
-                return {"ok": False, "error": f"its warm-up needs more than {_mib(limit_bytes)} MiB"}
+                return {"ok": False, "error": f"its warm-up needs more than {mebibytes(limit_bytes)} MiB"}
             # Any other refusal of all-zero input is legitimate; the server's warm-up skips it too.
     # VmHWM, not ru_maxrss: that one survives fork and exec, so it would carry the parent's peak.
-    peak = _status_bytes("VmHWM") or baseline
+    peak = status_bytes("VmHWM") or baseline
     return {"ok": True, "session_bytes": max(0, peak - baseline), "seconds": time.perf_counter() - started}
-
-
-def _mapped_bytes() -> int | None:
-    return _status_bytes("VmSize")
-
-
-def _status_bytes(field: str) -> int | None:
-    """A size from /proc/self/status (Linux), in bytes."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:  # noqa: PTH123
-            for line in status:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def main() -> int:

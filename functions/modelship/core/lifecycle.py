@@ -12,6 +12,7 @@ from modelship.core.deadlines import RunWatchdog
 from modelship.core.errors import ModelshipError, ModelUnavailable, NotFound
 from modelship.core.isolation import probe_model
 from modelship.core.manifest import Manifest
+from modelship.core.memory import mebibytes
 from modelship.core.names import validate_model_name
 from modelship.core.observer import Observer
 from modelship.core.repository import ModelRepository
@@ -213,9 +214,11 @@ class ModelLifecycle:
                     self.settings.intra_op_threads,
                 )
                 if measured is not None:
-                    # Measured alone in the child, so no other thread's allocations are counted in it.
+                    # Measured alone in the child (and checked against the budget there), so no other
+                    # thread's allocations are counted in it.
                     model.memory_estimate = measured
-                self._refuse_over_budget(model.name, model.version, model.memory_estimate)
+                else:
+                    self._refuse_over_budget(model.name, model.version, model.memory_estimate)
             except ModelUnavailable as error:
                 self._remember_failure(key, error.message)
                 logger.error("model %s v%s unavailable: %s", name, version, error.message)
@@ -254,16 +257,17 @@ class ModelLifecycle:
         budget = self.cache.budget_bytes
         if size > budget:
             raise ModelUnavailable(
-                f"{name} version {version} needs about {_mib(size)} MiB once loaded, over the session "
-                f"memory budget of {_mib(budget)} MiB"
+                f"{name} version {version} needs about {mebibytes(size)} MiB once loaded, over the session "
+                f"memory budget of {mebibytes(budget)} MiB"
             )
         retired = self.cache.retired_bytes()
         if retired + size > budget:
             # Unloaded or evicted sessions still finishing their runs hold the memory: a load now would
             # put a second copy beside them, past the budget.
             raise ModelUnavailable(
-                f"{name} version {version} cannot be loaded yet: {_mib(retired)} MiB of the "
-                f"{_mib(budget)} MiB session budget is held by sessions still finishing runs; try again soon"
+                f"{name} version {version} cannot be loaded yet: {mebibytes(retired)} MiB of the "
+                f"{mebibytes(budget)} MiB session budget is held by sessions still finishing runs; "
+                "try again soon"
             )
 
     def cancel_runs(self) -> int:
@@ -272,7 +276,3 @@ class ModelLifecycle:
 
     def _remember_failure(self, key: tuple[str, int], message: str) -> None:
         self._failures[key] = LoadFailure(message, self._clock())
-
-
-def _mib(size: int) -> int:
-    return -(-size // (1024 * 1024))

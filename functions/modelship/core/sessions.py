@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -20,6 +19,7 @@ from modelship.core.datatypes import BYTES, NUMPY_DTYPE_BY_DATATYPE
 from modelship.core.deadlines import DEADLINE, RunWatchdog
 from modelship.core.errors import BadRequest, DeadlineExceeded, ModelUnavailable
 from modelship.core.manifest import Manifest, TensorSpec
+from modelship.core.memory import resident_bytes
 from modelship.core.model_checks import ModelRefused, refuse_unsafe_model, unranked_tensors
 from modelship.core.signature import tensor_specs
 
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 # Graph, arena and kernels cost more than the file; twice its size where it cannot be measured.
 MEMORY_FACTOR = 2
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # An absolute path of two or more components, or a file:// URI: what an error must not show a client.
 # An endpoint URL (botocore's errors name the store's endpoint and bucket).
 _URL = re.compile(r"\b(?:https?|s3)://\S+")
@@ -216,15 +215,6 @@ def load_model(
         model.memory_estimate = max(resident_after - resident_before, manifest.size)
     model.load_seconds = time.perf_counter() - started
     return model
-
-
-def resident_bytes() -> int | None:
-    """This process's resident memory (Linux), or None where it cannot be read."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:  # noqa: PTH123 - the cheapest read there is
-            return int(statm.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def warm_up_feeds(inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:

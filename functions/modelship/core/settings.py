@@ -29,6 +29,10 @@ DEFAULT_FAILURE_RETRY_SECONDS: Final = 5.0
 DEFAULT_INFERENCE_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_LOAD_TIMEOUT_SECONDS: Final = 30.0
 
+# How a yes or a no may be spelt, in the environment and in the CDK context alike.
+TRUE_WORDS: Final = frozenset({"true", "yes", "1", "on"})
+FALSE_WORDS: Final = frozenset({"false", "no", "0", "off"})
+
 STORE_ENV: Final = "MODELSHIP_STORE"
 PRELOAD_ENV: Final = "MODELSHIP_PRELOAD"
 API_KEY_ENV: Final = "MODELSHIP_API_KEY"
@@ -118,9 +122,9 @@ def _flag(env: Mapping[str, str], key: str, *, default: bool) -> bool:
     raw = env.get(key, "").strip().lower()
     if not raw:
         return default
-    if raw in ("1", "true", "yes", "on"):
+    if raw in TRUE_WORDS:
         return True
-    if raw in ("0", "false", "no", "off"):
+    if raw in FALSE_WORDS:
         return False
     raise ValueError(f"{key} must be true or false, got {raw!r}")
 
