@@ -43,7 +43,7 @@ lint() {
   "${VENV}/bin/ruff" check . || status=1
   "${VENV}/bin/ruff" format --check . || status=1
   # The core is strict (see [tool.mypy.overrides] in pyproject.toml); the rest is checked normally.
-  "${VENV}/bin/mypy" functions bench tests infra layers scripts || status=1
+  "${VENV}/bin/mypy" functions edge_greengrass bench tests infra layers scripts || status=1
   # The architecture: the import contracts in pyproject.toml ([tool.importlinter]).
   "${VENV}/bin/lint-imports" --no-cache || status=1
   [ "${status}" -eq 0 ] || failed_tiers+=("lint")

@@ -218,6 +218,111 @@ def command_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_reference(text: str) -> tuple[str, int | None]:
+    """argparse type for NAME[:VERSION], in the grammar of ``names``."""
+    from modelship.core.names import parse_model_reference
+
+    try:
+        return parse_model_reference(text)
+    except BadRequest as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def command_edge_package(args: argparse.Namespace) -> int:
+    from edge_greengrass.packaging import package
+
+    result = package(
+        args.store,
+        args.model,
+        args.out,
+        component_name=args.component_name,
+        component_version=args.component_version,
+        progress=_progress,
+    )
+    print(result.summary())
+    print(f"\nnext: modelship edge publish --store {args.store} --from {args.out}")
+    return 0
+
+
+def command_edge_publish(args: argparse.Namespace) -> int:
+    from edge_greengrass.packaging import read_package
+    from edge_greengrass.publish import describe, publish
+
+    result = publish(args.store, args.source, progress=_progress)
+    print(describe(result, read_package(args.source)))
+    return 0
+
+
+def _add_edge_commands(commands: Any) -> None:
+    from modelship.core.settings import store_from_env
+
+    edge = commands.add_parser(
+        "edge",
+        help="package models as AWS IoT Greengrass v2 components and publish them (docs/edge.md)",
+        description="Package the inference component (com.modelship.Inference) and one component per "
+        "model version for AWS IoT Greengrass v2, then publish the inference component's artifact to the "
+        "store. Devices download the models from the store itself, verified against their digests.",
+    )
+    edge_commands = edge.add_subparsers(dest="edge_command", required=True, metavar="COMMAND")
+    store_default = store_from_env()
+    store_help = "the S3 store the models are in, s3://BUCKET/PREFIX" + (
+        " (default: $MODELSHIP_STORE)" if store_default else ""
+    )
+    package = edge_commands.add_parser(
+        "package",
+        help="write the recipes and the inference component's zip to a folder",
+        description="Read each model's manifest from the store and write, under --out, "
+        "recipes/<ComponentName>-<ComponentVersion>.yaml for the inference component and for each model "
+        "component, and artifacts/<ComponentName>/<ComponentVersion>/modelship-edge.zip (the core, the "
+        "Lambda handler module, the edge door and the device's pinned requirements). The same inputs give "
+        "byte-identical files and the same component version; any change gives a new version.",
+    )
+    package.add_argument(
+        "--store", default=store_default, required=store_default is None, metavar="URI", help=store_help
+    )
+    package.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        type=_model_reference,
+        metavar="NAME[:VERSION]",
+        help="a model to serve on devices (default version: the latest); repeat for several models",
+    )
+    package.add_argument("--out", type=Path, required=True, metavar="DIR", help="the package folder")
+    package.add_argument(
+        "--component-name",
+        default="com.modelship.Inference",
+        metavar="NAME",
+        help="the inference component's name (default: %(default)s)",
+    )
+    package.add_argument(
+        "--component-version",
+        metavar="X.Y.Z",
+        help="the inference component's version (default: derived from its content)",
+    )
+    package.set_defaults(run=command_edge_package)
+    publish = edge_commands.add_parser(
+        "publish",
+        help="upload a package's artifacts to the store, verified, never overwriting",
+        description="Upload the artifacts under DIR/artifacts to the s3:// URIs their recipes name (under "
+        "the store's prefix: components/<name>/<version>/<file>), check each upload's SHA-256, and check "
+        "that each model component's objects in the store match their digests. An existing object with "
+        "the same bytes is left alone; one with other bytes is refused (component versions are "
+        "immutable). Then create the component versions and the deployment: cdk deploy of the edge stack.",
+    )
+    publish.add_argument(
+        "--store", default=store_default, required=store_default is None, metavar="URI", help=store_help
+    )
+    publish.add_argument(
+        "--from", dest="source", type=Path, required=True, metavar="DIR", help="a folder made by edge package"
+    )
+    publish.set_defaults(run=command_edge_publish)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelship", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"modelship {__version__}")
@@ -333,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
     export.set_defaults(run=command_export_default)
+    _add_edge_commands(commands)
     return parser
 
 
