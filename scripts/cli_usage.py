@@ -25,7 +25,12 @@ def usage_block() -> str:
     parser = build_parser()
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
     usages = [parser.format_usage().strip()]
-    usages += [subparser.format_usage().strip() for subparser in commands.choices.values()]
+    for subparser in commands.choices.values():
+        usages.append(subparser.format_usage().strip())
+        # Commands with commands of their own (``modelship edge package``): one synopsis each.
+        for action in subparser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                usages += [nested.format_usage().strip() for nested in action.choices.values()]
     return "\n".join([BEGIN, "```text", *usages, "```", END])
 
 

@@ -258,8 +258,6 @@ def command_edge_publish(args: argparse.Namespace) -> int:
 
 
 def _add_edge_commands(commands: Any) -> None:
-    from modelship.core.settings import store_from_env
-
     edge = commands.add_parser(
         "edge",
         help="package models as AWS IoT Greengrass v2 components and publish them (docs/edge.md)",
@@ -268,10 +266,7 @@ def _add_edge_commands(commands: Any) -> None:
         "store. Devices download the models from the store itself, verified against their digests.",
     )
     edge_commands = edge.add_subparsers(dest="edge_command", required=True, metavar="COMMAND")
-    store_default = store_from_env()
-    store_help = "the S3 store the models are in, s3://BUCKET/PREFIX" + (
-        " (default: $MODELSHIP_STORE)" if store_default else ""
-    )
+    store_help = "the S3 store the models are in, s3://BUCKET/PREFIX (the recipes name its objects)"
     package = edge_commands.add_parser(
         "package",
         help="write the recipes and the inference component's zip to a folder",
@@ -281,9 +276,7 @@ def _add_edge_commands(commands: Any) -> None:
         "Lambda handler module, the edge door and the device's pinned requirements). The same inputs give "
         "byte-identical files and the same component version; any change gives a new version.",
     )
-    package.add_argument(
-        "--store", default=store_default, required=store_default is None, metavar="URI", help=store_help
-    )
+    package.add_argument("--store", required=True, metavar="URI", help=store_help)
     package.add_argument(
         "--model",
         action="append",
@@ -314,9 +307,7 @@ def _add_edge_commands(commands: Any) -> None:
         "the same bytes is left alone; one with other bytes is refused (component versions are "
         "immutable). Then create the component versions and the deployment: cdk deploy of the edge stack.",
     )
-    publish.add_argument(
-        "--store", default=store_default, required=store_default is None, metavar="URI", help=store_help
-    )
+    publish.add_argument("--store", required=True, metavar="URI", help=store_help)
     publish.add_argument(
         "--from", dest="source", type=Path, required=True, metavar="DIR", help="a folder made by edge package"
     )
