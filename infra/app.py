@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from aws_cdk import App, Tags
 
-from infra.config import ConfigError, DeployConfig
+from infra.config import EDGE_PACKAGE_COMMAND, ConfigError, DeployConfig
 from infra.nag import apply_nag_packs
 from infra.stacks.inference_api_stack import InferenceApiStack, LayerZips
 from infra.stacks.model_store_stack import ModelStoreStack
@@ -27,6 +27,26 @@ def resolve_layer_zips(config: DeployConfig) -> LayerZips:
     return LayerZips(onnx=artifacts["onnx"].zip_path, deps=artifacts["deps"].zip_path)
 
 
+def add_edge_stack(app: App, config: DeployConfig, store: ModelStoreStack) -> None:
+    """The edge stack, when there is an edge package; otherwise one line on stderr says how to make one."""
+    if config.edge_package is None:
+        return  # edge_package=off: left out on purpose
+    if not config.has_edge_package:
+        print(
+            f"modelship: no edge package at {config.edge_package}, so the edge stack is skipped; "
+            f"make one with `{EDGE_PACKAGE_COMMAND}`",
+            file=sys.stderr,
+        )
+        return
+    # Imported only with a package: reading one needs the edge-package extra (PyYAML, jsonschema).
+    from infra.stacks.edge_stack import EdgeStack, read_edge_package
+
+    edge = EdgeStack(
+        app, config.stack_name("edge"), config=config, package=read_edge_package(config.edge_package)
+    )
+    edge.add_stack_dependency(store, "the components' artifacts live in the model-store bucket")
+
+
 def build_app(context: Mapping[str, object] | None = None, *, outdir: str | None = None) -> App:
     """Build the whole app. Tests pass ``context``; the CDK CLI passes it through the environment."""
     app = App(context=dict(context) if context is not None else None, outdir=outdir)
@@ -36,6 +56,7 @@ def build_app(context: Mapping[str, object] | None = None, *, outdir: str | None
     store = ModelStoreStack(app, config.stack_name("store"), config=config)
     api = InferenceApiStack(app, config.stack_name("api"), config=config, layer_zips=layer_zips)
     api.add_stack_dependency(store, "the function reads models from the model-store bucket")
+    add_edge_stack(app, config, store)
 
     Tags.of(app).add("project", "modelship")
     Tags.of(app).add("stage", config.stage)

@@ -53,6 +53,13 @@ LOG_RETENTION_NAMES = {
 # At most 16 characters: the stage is part of the model bucket name, which S3 caps at 63.
 _STAGE_PATTERN = re.compile(r"[a-z](?:[a-z0-9-]{0,14}[a-z0-9])?")
 _SNS_TOPIC_ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}")
+# A Greengrass deployment targets a thing group by ARN (thing group names: 1-128 of [a-zA-Z0-9:_-]).
+_THING_GROUP_ARN_PATTERN = re.compile(
+    r"arn:aws[a-z-]*:iot:[a-z]{2}(?:-[a-z]+)+-[0-9]:[0-9]{12}:thinggroup/[a-zA-Z0-9:_-]{1,128}"
+)
+# Where `modelship edge package --out` writes by default; the edge stack is built from it when it exists.
+DEFAULT_EDGE_PACKAGE = REPO_ROOT / "build" / "edge"
+EDGE_PACKAGE_COMMAND = "modelship edge package --store s3://BUCKET/PREFIX --model NAME --out build/edge"
 # Context keys that belong to CDK itself rather than to us: feature flags (`@aws-cdk/...`), CLI settings
 # (`aws:cdk:...`, acknowledged notices, telemetry) and cached lookups (`availability-zones:...`, `ssm:...`:
 # every lookup key holds a colon, which none of ours does).
@@ -144,6 +151,19 @@ def _zip_file(value: object) -> Path:
     return path
 
 
+def _edge_package(value: object) -> Path | None:
+    """Given explicitly, the package must exist; only the default may be absent (no edge stack then).
+    ``off`` (or ``none``) leaves the edge stack out even when the default package exists."""
+    if isinstance(value, str) and value.strip().lower() in {"none", "off"}:
+        return None
+    if not isinstance(value, str):
+        raise _problem("must be a path to a directory made by `modelship edge package --out`")
+    path = REPO_ROOT / value  # relative to the repository; an absolute path stays as it is
+    if not path.is_dir():
+        raise _problem(f"{path} is not an existing directory (make it with `modelship edge package --out`)")
+    return path
+
+
 Integer = BeforeValidator(_integer)
 Boolean = BeforeValidator(_boolean)
 ZipFile = BeforeValidator(_zip_file)
@@ -153,6 +173,10 @@ StageName = _check(
     "(it names the stacks, the API stage and the model bucket)",
 )
 TopicArn = _check(_SNS_TOPIC_ARN_PATTERN.fullmatch, "must be an SNS topic ARN")
+ThingGroupArn = _check(
+    _THING_GROUP_ARN_PATTERN.fullmatch,
+    "must be an IoT thing group ARN: arn:aws:iot:<region>:<12-digit account>:thinggroup/<name>",
+)
 
 
 class DeployConfig(BaseModel):
@@ -180,6 +204,9 @@ class DeployConfig(BaseModel):
     api_cloudwatch_role: Annotated[bool, Boolean] = True
     onnx_layer_zip: Annotated[Path | None, ZipFile] = None
     deps_layer_zip: Annotated[Path | None, ZipFile] = None
+    # The edge stack: the Greengrass components of this package, deployed to this thing group (if set).
+    edge_package: Annotated[Path | None, BeforeValidator(_edge_package)] = DEFAULT_EDGE_PACKAGE
+    thing_group_arn: Annotated[str | None, ThingGroupArn] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> DeployConfig:
@@ -191,6 +218,12 @@ class DeployConfig(BaseModel):
             )
         if (self.onnx_layer_zip is None) != (self.deps_layer_zip is None):
             problems.append("onnx_layer_zip and deps_layer_zip must be given together (or neither)")
+        if self.thing_group_arn is not None and not self.has_edge_package:
+            missing = "edge_package is off" if self.edge_package is None else f"{self.edge_package} is absent"
+            problems.append(
+                f"thing_group_arn needs an edge package, but {missing}: "
+                f"make one with `{EDGE_PACKAGE_COMMAND}`"
+            )
         if problems:
             raise _problem(_BULLET.join(problems))
         return self
@@ -198,6 +231,10 @@ class DeployConfig(BaseModel):
     @property
     def functions_dir(self) -> Path:
         return FUNCTIONS_DIR
+
+    @property
+    def has_edge_package(self) -> bool:
+        return self.edge_package is not None and self.edge_package.is_dir()
 
     @property
     def is_throwaway(self) -> bool:

@@ -1,1 +1,1 @@
-"""The deployable stacks: model store, inference API, and the (placeholder) edge stack."""
+"""The deployable stacks: model store, inference API, and the edge stack (Greengrass v2)."""

@@ -47,7 +47,14 @@ def make_app(fake_layer_zips: dict[str, str], tmp_path_factory: pytest.TempPathF
     """Build the app for the given context overrides (on top of cdk.json and the fake layers)."""
 
     def factory(**overrides: object) -> App:
-        context: dict[str, object] = {**cdk_json_context(), **fake_layer_zips, **overrides}
+        # A developer's own build/edge must not change what these tests synthesise: the edge stack's
+        # tests pass a package of their own.
+        context: dict[str, object] = {
+            **cdk_json_context(),
+            **fake_layer_zips,
+            "edge_package": "off",
+            **overrides,
+        }
         return build_app(context, outdir=str(tmp_path_factory.mktemp("cdk.out")))
 
     return factory

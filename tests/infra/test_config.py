@@ -142,6 +142,13 @@ def test_empty_values_mean_the_default() -> None:
         ("log-retention-days", "7", "unknown context key 'log-retention-days' (did you mean"),
         ("memory_mb", "4096", "unknown context key 'memory_mb'"),  # a field name, not a context key
         ("functions_dir", "/tmp", "unknown context key 'functions_dir'"),
+        ("thing_group_arn", "arn:aws:iot:eu-west-1:123456789012:thing/fleet", "IoT thing group ARN"),
+        ("thing_group_arn", "arn:aws:iot:eu-west-1:12345:thinggroup/fleet", "IoT thing group ARN"),
+        ("thing_group_arn", "arn:aws:iot:eu-west-1:123456789012:thinggroup/a b", "IoT thing group ARN"),
+        ("thing_group_arn", "fleet", "IoT thing group ARN"),
+        ("thing_group", "fleet", "unknown context key 'thing_group' (did you mean 'thing_group_arn'?)"),
+        ("edge_package", "/nonexistent/edge", "is not an existing directory"),
+        ("edge_package", 3, "must be a path to a directory"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_key_and_the_reason(
@@ -225,3 +232,47 @@ def test_a_layer_built_for_the_other_architecture_is_refused(
     with pytest.raises(ConfigError, match=r"holds \['x86_64'\] code, but the function is arm64"):
         make_app(architecture="arm64", onnx_layer_zip=str(x86_layer))
     make_app(architecture="x86_64", onnx_layer_zip=str(x86_layer))
+
+
+# --- the edge stack's keys ----------------------------------------------------------------------------
+
+
+def test_the_edge_package_defaults_to_build_edge_and_the_thing_group_to_none() -> None:
+    config = DeployConfig.from_context({})
+    assert config.edge_package == REPO_ROOT / "build" / "edge"
+    assert config.thing_group_arn is None
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:iot:eu-west-1:123456789012:thinggroup/modelship-fleet",
+        "arn:aws-cn:iot:cn-north-1:123456789012:thinggroup/fleet_1",
+        "arn:aws-us-gov:iot:us-gov-west-1:123456789012:thinggroup/fleet:east",
+    ],
+)
+def test_a_thing_group_arn_with_an_edge_package_is_accepted(tmp_path: Path, arn: str) -> None:
+    config = DeployConfig.from_context({"edge_package": str(tmp_path), "thing_group_arn": arn})
+    assert (config.edge_package, config.thing_group_arn, config.has_edge_package) == (tmp_path, arn, True)
+
+
+@pytest.mark.parametrize("value", ["off", "none", "OFF"])
+def test_edge_package_off_leaves_the_edge_stack_out(value: str) -> None:
+    config = DeployConfig.from_context({"edge_package": value})
+    assert (config.edge_package, config.has_edge_package) == (None, False)
+    with pytest.raises(ConfigError, match="thing_group_arn needs an edge package"):
+        DeployConfig.from_context(
+            {"edge_package": value, "thing_group_arn": "arn:aws:iot:eu-west-1:123456789012:thinggroup/fleet"}
+        )
+
+
+def test_a_relative_edge_package_is_relative_to_the_repository() -> None:
+    config = DeployConfig.from_context({"edge_package": "infra"})
+    assert config.edge_package == REPO_ROOT / "infra"
+
+
+def test_a_thing_group_without_an_edge_package_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the default package may be absent; a deployment of nothing is a mistake, said at synth."""
+    monkeypatch.setattr(DeployConfig, "has_edge_package", property(lambda self: False))
+    with pytest.raises(ConfigError, match=r"thing_group_arn needs an edge package.*modelship edge package"):
+        DeployConfig.from_context({"thing_group_arn": "arn:aws:iot:eu-west-1:123456789012:thinggroup/fleet"})
