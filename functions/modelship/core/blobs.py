@@ -122,11 +122,14 @@ class LocalBlobStore(BlobStore):
         self.uri = f"file://{root}"
 
     def _path(self, key: str) -> Path:
-        # Keys are built from validated names and integers; this is a second fence, not the first.
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        # Keys are built from validated names and integers; this is a second fence, not the first. It is
+        # lexical, not resolved: the edge door's store is a view of symlinks into the model components'
+        # artifact folders, and what a key reads is verified against its manifest in any case.
+        root = os.path.normpath(self.root)
+        path = os.path.normpath(self.root / key)
+        if os.path.commonpath([root, path]) != root:
             raise ValueError(f"key {key!r} escapes the store root")
-        return path
+        return Path(path)
 
     def read(self, key: str, max_bytes: int) -> bytes:
         try:

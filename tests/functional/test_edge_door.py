@@ -1,0 +1,361 @@
+"""The edge door (`python -m edge_greengrass`) as the nucleus runs it: a real process on 127.0.0.1, fed
+model components' artifact folders, without AWS credentials; and in-process with a stand-in IPC client
+for what needs a nucleus (configuration applied in place to the HTTP side)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from modelship.core.repository import ModelRepository
+from modelship.core.service import InferenceService
+from modelship.core.settings import STORE_ENV, Settings
+from modelship.doors.apigw import proxy_handler
+from modelship.doors.local_http import LambdaHandler
+
+from edge_greengrass.door import DoorOptions, EdgeDoor
+from edge_greengrass.ipc import IPC_OFF_MESSAGE
+from edge_greengrass.settings import EdgeSettings
+from edge_greengrass.store_view import ModelSource
+from tests.support.greengrass_ipc import FakeGreengrassIPC
+from tests.support.hostile_models import counting_loop
+from tests.support.http_client import host_port, read_until_closed, statuses
+from tests.support.models import write_model
+from tests.support.processes import REPO_ROOT, free_port
+
+IRIS_REQUEST = {
+    "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
+}
+# The nucleus sends SIGKILL 5 s after SIGTERM.
+NUCLEUS_SHUTDOWN_SECONDS = 5.0
+STARTUP_TIMEOUT_SECONDS = 60
+
+
+def component_folder(root: Path, name: str, version: int) -> Path:
+    """Where the nucleus unpacks a model component's artifacts."""
+    return root / "packages" / "artifacts" / f"com.modelship.model.{name}" / f"{version}.0.0"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, iris_model: tuple[bytes, list[str]]) -> Path:
+    """A nucleus root with iris, a corrupted copy of it ("damaged") and a manifest of iris sold as
+    "impostor"; the bytes come from a store, as packaging publishes them."""
+    root = tmp_path_factory.mktemp("greengrass")
+    store = root / "store"
+    repository = ModelRepository.open(str(store))
+    data, labels = iris_model
+    scratch = tmp_path_factory.mktemp("models")
+    for name in ("iris", "damaged"):
+        manifest = repository.push(write_model(scratch, name, data), name, labels=labels)
+        folder = component_folder(root, name, manifest.version)
+        folder.mkdir(parents=True)
+        for filename in ("model.onnx", "manifest.json"):
+            shutil.copy(store / "models" / name / str(manifest.version) / filename, folder / filename)
+    damaged = component_folder(root, "damaged", 1) / "model.onnx"
+    corrupted = bytearray(damaged.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(corrupted))
+    impostor = component_folder(root, "impostor", 1)
+    shutil.copytree(component_folder(root, "iris", 1), impostor)
+    return root
+
+
+def door_environment() -> dict[str, str]:
+    # No AWS credentials, no region, no nucleus: the door must not need any of them.
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "SVCUID"))}
+    environment["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "functions"), str(REPO_ROOT)])
+    environment["PYTHONUNBUFFERED"] = "1"
+    environment.pop("MODELSHIP_STORE", None)
+    return environment
+
+
+@dataclass
+class DoorProcess:
+    url: str
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def door_command(port: int, work: Path, models: list[str], *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "edge_greengrass", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--work", str(work)]
+    for model in models:
+        command += ["--model", model]
+    return [*command, *extra]
+
+
+@contextmanager
+def running_door(
+    tmp_path: Path, models: list[str], wait_for: str = "/v2/health/live", env: dict[str, str] | None = None
+) -> Iterator[DoorProcess]:
+    port = free_port()
+    log_path = tmp_path / f"door-{port}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            door_command(port, tmp_path / "work", models),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**door_environment(), **(env or {})},
+            cwd=tmp_path,
+            text=True,
+        )
+    door = DoorProcess(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the door exited with {process.returncode}:\n{door.log()}")
+            try:
+                if call(door.url, "GET", wait_for)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the door did not answer {wait_for}:\n{door.log()}")
+            time.sleep(0.1)
+        yield door
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read())
+
+
+def sigterm_and_wait(process: subprocess.Popen[str]) -> float:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=NUCLEUS_SHUTDOWN_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError("the door outlived the nucleus's 5 s between SIGTERM and SIGKILL") from None
+    return time.monotonic() - started
+
+
+def test_the_door_serves_the_model_components_and_stops_within_the_nucleus_limit(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    models = [
+        f"iris={component_folder(artifacts, 'iris', 1)}",
+        f"damaged={component_folder(artifacts, 'damaged', 1)}",
+        f"impostor={component_folder(artifacts, 'impostor', 1)}",
+    ]
+    with running_door(tmp_path, models, wait_for="/v2/models/iris/ready") as door:
+        status, body = call(door.url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)
+        assert status == 200, body
+        assert body["model_name"] == "iris" and body["outputs"][1]["data"] == [0]
+
+        # Corrupted on disk: the sha256 check refuses it before onnxruntime, through the symlink.
+        status, body = call(door.url, "POST", "/v2/models/damaged/infer", IRIS_REQUEST)
+        assert status == 503
+        assert "does not match the manifest" in body["error"]
+        assert str(artifacts) not in body["error"] and "Traceback" not in body["error"]
+        assert call(door.url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)[0] == 200
+        assert call(door.url, "GET", "/v2/health/live") == (200, {"live": True})
+
+        # A manifest that describes another model is refused at start; the others are served.
+        status, body = call(door.url, "POST", "/v2/models/impostor/infer", IRIS_REQUEST)
+        assert status == 404 and "impostor" in body["error"]
+
+        view = tmp_path / "work" / "store" / "models" / "iris" / "1" / "model.onnx"
+        assert view.is_symlink() and view.resolve() == (component_folder(artifacts, "iris", 1) / "model.onnx")
+
+        seconds = sigterm_and_wait(door.process)
+        assert door.process.returncode == 0, door.log()
+        log = door.log()
+        print(f"SIGTERM to exit: {seconds:.2f} s")
+    assert IPC_OFF_MESSAGE in log
+    assert "not serving impostor" in log and "refusing a mismatched artifact" in log
+    assert "Traceback" not in log
+
+
+def test_sigterm_during_an_onnxruntime_run_cancels_it_and_exits_within_the_nucleus_limit(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    ModelRepository.open(str(store)).push(write_model(tmp_path, "endless", counting_loop()), "endless")
+    folder = component_folder(tmp_path, "endless", 1)
+    shutil.copytree(store / "models" / "endless" / "1", folder)
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]},
+                {"name": "n", "shape": [1], "datatype": "INT64", "data": [10**15]},
+            ]
+        }
+    )
+    request = b"POST /v2/models/endless/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    # The core's own run deadline must not end the run first.
+    environment = {"MODELSHIP_INFERENCE_TIMEOUT_SECONDS": "3600"}
+    with (
+        running_door(tmp_path, [f"endless={folder}"], "/v2/models/endless/ready", environment) as door,
+        socket.create_connection(host_port(door.url), timeout=30) as connection,
+    ):
+        connection.sendall(request)
+        time.sleep(1.5)  # long enough for the request to be inside onnxruntime
+        seconds = sigterm_and_wait(door.process)
+        reply = read_until_closed(connection)
+        assert door.process.returncode == 0, door.log()
+        log = door.log()
+    print(f"SIGTERM to exit with a run inside onnxruntime: {seconds:.2f} s")
+    assert statuses(reply) == [503], reply[:500]
+    assert "cancelled 1 inference runs" in log
+    assert "Traceback" not in log and "terminate called" not in log
+
+
+def test_the_store_view_is_rebuilt_at_each_start(artifacts: Path, tmp_path: Path) -> None:
+    iris = f"iris={component_folder(artifacts, 'iris', 1)}"
+    with running_door(tmp_path, [iris, f"damaged={component_folder(artifacts, 'damaged', 1)}"]) as door:
+        sigterm_and_wait(door.process)
+    with running_door(tmp_path, [iris]) as door:
+        models = tmp_path / "work" / "store" / "models"
+        assert sorted(path.name for path in models.iterdir()) == ["iris"]
+        assert len(list((tmp_path / "work").glob(".store-*"))) == 1, "the previous view is removed"
+        assert call(door.url, "POST", "/v2/models/damaged/infer", IRIS_REQUEST)[0] == 404
+        sigterm_and_wait(door.process)
+
+
+def test_a_door_whose_only_model_is_corrupted_stays_live_and_answers_503(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    # A device with one model, corrupted on disk: the door must not exit (the nucleus would only loop it
+    # into BROKEN); it says why with a JSON 503 and keeps answering health checks.
+    damaged = f"damaged={component_folder(artifacts, 'damaged', 1)}"
+    with running_door(tmp_path, [damaged]) as door:
+        deadline = time.monotonic() + 60
+        while "no model could be loaded" not in door.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "no model could be loaded" in door.log()
+        status, body = call(door.url, "POST", "/v2/models/damaged/infer", IRIS_REQUEST)
+        assert status == 503
+        assert "does not match the manifest" in body["error"]
+        assert call(door.url, "GET", "/v2/health/live")[0] == 200
+        assert door.process.poll() is None
+        sigterm_and_wait(door.process)
+
+
+def test_the_help_documents_the_arguments() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "edge_greengrass", "--help"],
+        env=door_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for flag in (
+        "--host",
+        "--port",
+        "--work",
+        "--model NAME=ARTIFACT_DIR",
+        "--worker-threads",
+        "--max-request-bytes",
+    ):
+        assert flag in completed.stdout
+
+
+def test_a_bad_argument_is_a_usage_error(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "edge_greengrass", "--work", str(tmp_path), "--model", "../x=/tmp"],
+        env=door_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "invalid model name" in completed.stderr
+
+
+@contextmanager
+def door_in_process(artifacts: Path, tmp_path: Path, client: FakeGreengrassIPC) -> Iterator[EdgeDoor]:
+    environ: dict[str, str] = {
+        "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT": "/nucleus/ipc.socket",
+        "SVCUID": "token",
+    }
+
+    def load_handler() -> tuple[LambdaHandler, InferenceService]:
+        settings = Settings(store_uri=environ[STORE_ENV], cache_dir=tmp_path / "cache", isolate_loads=False)
+        service = InferenceService.from_settings(settings)
+        return proxy_handler(service), service
+
+    options = DoorOptions(
+        tmp_path / "work",
+        (ModelSource("iris", component_folder(artifacts, "iris", 1)),),
+        EdgeSettings(host="127.0.0.1", port=free_port()),
+    )
+    door = EdgeDoor(options, environ=environ, ipc_factory=lambda: client, load_handler=load_handler)
+    assert door.start() == 0
+    status: list[int] = []
+    server = threading.Thread(target=lambda: status.append(door.serve()), daemon=True)
+    server.start()
+    try:
+        yield door
+    finally:
+        door.shutdown()
+        server.join(NUCLEUS_SHUTDOWN_SECONDS)
+        assert status == [0]
+        assert client.closed
+
+
+def test_the_configuration_read_over_ipc_and_its_updates_reach_the_http_side(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    client = FakeGreengrassIPC(configuration={"workerThreads": "4", "maxRequestBytes": "100000"})
+    with door_in_process(artifacts, tmp_path, client) as door:
+        assert door.server is not None and door.service is not None
+        url = f"http://127.0.0.1:{door.server.server_address[1]}"
+        assert door.server.max_connections == 4
+        assert door.server.max_request_bytes == 100000
+        assert call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)[0] == 200
+
+        client.change_configuration({"workerThreads": "2", "maxRequestBytes": "60"})
+        assert door.server.max_connections == 2
+        assert door.service.settings.max_request_bytes == 60
+        status, body = call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)
+        assert status == 413 and "60" in body["error"]
+        message = {"correlation_id": "big", "reply_topic": "modelship/reply/big", "request": IRIS_REQUEST}
+        client.deliver("modelship/infer/iris", message)
+        (reply,) = client.wait_for_reply("modelship/reply/big")
+        assert reply["status"] == 413
+
+        client.change_configuration({"maxRequestBytes": "6291456", "requestTopicPrefix": "edge/infer"})
+        assert client.open_topic_filters() == ["edge/infer/+"]
+        message = {"correlation_id": "ok", "reply_topic": "modelship/reply/ok", "request": IRIS_REQUEST}
+        client.deliver("edge/infer/iris", message)
+        (reply,) = client.wait_for_reply("modelship/reply/ok")
+        assert reply["status"] == 200 and reply["response"]["model_name"] == "iris"
+        assert call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)[0] == 200
+    assert client.states == []
