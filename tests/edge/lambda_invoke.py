@@ -1,0 +1,22 @@
+"""Run the Lambda handler module (functions/inference/app.py) on API Gateway events, in a process of its
+own: ``python lambda_invoke.py EVENTS.json RESULTS.json`` with ``MODELSHIP_STORE`` set. The results go to
+a file, since Powertools writes its logs and metrics to stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(events_path: str, results_path: str) -> None:
+    import inference.app
+    from modelship.doors.local_http import LocalLambdaContext
+
+    events = json.loads(Path(events_path).read_text())
+    results = [inference.app.handler(event, LocalLambdaContext()) for event in events]
+    Path(results_path).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
