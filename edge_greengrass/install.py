@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import subprocess
+import subprocess  # nosec B404: runs this interpreter's venv and pip, never a shell
 import sys
 import tempfile
 from pathlib import Path
@@ -87,7 +87,8 @@ def install(work: Path, requirements: Path) -> int:
 
 def _build(venv: Path, requirements: Path) -> int:
     say("creating the virtualenv")
-    created = subprocess.run([sys.executable, "-m", "venv", str(venv)], check=False)
+    # nosec B603: argv is this interpreter, its venv module and a folder under {work:path}.
+    created = subprocess.run([sys.executable, "-m", "venv", str(venv)], check=False)  # nosec B603
     if created.returncode != 0:
         say(
             f"error: '{sys.executable} -m venv' failed with exit code {created.returncode} "
@@ -105,7 +106,8 @@ def _build(venv: Path, requirements: Path) -> int:
         "-r",
         str(requirements),
     ]
-    installed = subprocess.run(command, check=False)
+    # nosec B603: argv is the new venv's python, pip and the component's own requirements file.
+    installed = subprocess.run(command, check=False)  # nosec B603
     if installed.returncode != 0:
         say(f"error: pip failed with exit code {installed.returncode}; nothing was installed")
         return 1
