@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import logging
 import os
 import resource
@@ -62,6 +63,7 @@ logger = logging.getLogger("edge_greengrass")
 SHUTDOWN_GRACE_SECONDS: Final = 2.0
 SHUTDOWN_FINISH_SECONDS: Final = 0.5
 IPC_FINISH_SECONDS: Final = 0.3
+WORK_LOCK_FILE: Final = ".lock"
 # As LocalServer keeps: descriptors for everything but client connections.
 _FD_RESERVE: Final = 64
 
@@ -116,6 +118,7 @@ class EdgeDoor:
         self.service: InferenceService | None = None
         self.view: StoreView | None = None
         self.abandoned = 0
+        self._work_lock: int | None = None
         self._exit_code = 0
         self._stop_requested = threading.Event()
 
@@ -126,7 +129,15 @@ class EdgeDoor:
                 return status
         else:
             logger.info(IPC_OFF_MESSAGE)
-        self.view = build_store_view(self.options.work, self.options.models)
+        try:
+            self._lock_work_folder()
+            self.view = build_store_view(self.options.work, self.options.models)
+        except _WorkFolderBusy as busy:
+            return self._cannot_serve(str(busy))
+        except OSError as error:
+            return self._cannot_serve(
+                f"cannot build the store view in {self.options.work}: {error.strerror or _describe(error)}"
+            )
         for name, reason in sorted(self.view.refused.items()):
             logger.error("not serving %s: %s", name, reason)
         if not self.view.models:
@@ -173,6 +184,23 @@ class EdgeDoor:
         if self._stop_requested.is_set():
             self.server.shutdown()
         return 0
+
+    def _lock_work_folder(self) -> None:
+        """Hold {work}/.lock for the process's life: a second door on the same folder would swap the
+        store view from under this one."""
+        work = self.options.work
+        work.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(work / WORK_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise _WorkFolderBusy(f"another door is serving from {work}; refusing to share it") from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        # Released by the kernel when the process ends, however it ends.
+        self._work_lock = descriptor
 
     def _connect(self) -> int:
         factory = self._ipc_factory
@@ -376,6 +404,10 @@ def parse_options(argv: Sequence[str] | None = None) -> DoorOptions:
         max_request_bytes=args.max_request_bytes,
     )
     return DoorOptions(work=args.work.absolute(), models=tuple(args.models), settings=settings)
+
+
+class _WorkFolderBusy(Exception):
+    pass
 
 
 class _StopBeforeServing(BaseException):

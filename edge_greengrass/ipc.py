@@ -159,6 +159,9 @@ class IpcBridge:
         self._on_settings = on_settings
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        # The SDK runs stream callbacks on a pool: two configuration updates may arrive at once, and
+        # each must read, compare and resubscribe as a whole, or a stale subscription would survive.
+        self._configuring = threading.Lock()
         self._running = 0
         self._stopping = False
         self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="ipc-request")
@@ -250,6 +253,10 @@ class IpcBridge:
         _close_operation(previous)
 
     def _on_configuration_update(self, event: Any) -> None:
+        with self._configuring:
+            self._reconfigure()
+
+    def _reconfigure(self) -> None:
         # The event names the changed key only: the values are read again.
         try:
             settings = read_configuration(self.client)
@@ -398,7 +405,7 @@ def _decode(message: Any) -> tuple[dict[str, Any], str]:
         context = message.binary_message.context
         try:
             payload = json.loads(raw) if raw is not None else None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             topic = getattr(context, "topic", None)
             raise _Refused(400, f"a binary message on {topic} is not JSON text") from None
     else:

@@ -24,7 +24,7 @@ import yaml
 from modelship.core.blobs import BlobNotFound, BlobTooLarge, S3BlobStore, open_blob_store
 from modelship.core.errors import BadRequest, ModelshipError
 from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
-from modelship.core.repository import ModelRepository, manifest_key
+from modelship.core.repository import ModelRepository, manifest_key, model_key
 
 from edge_greengrass.install import venv_dir_name
 from edge_greengrass.recipe_schema import RecipeError, check_recipe
@@ -47,6 +47,8 @@ from edge_greengrass.recipes import (
 
 Progress = Callable[[str], None]
 
+# The Greengrass API takes inline recipes of up to 16 MB; ours are a few KB.
+MAX_RECIPE_BYTES: Final = 1024 * 1024
 RECIPES_DIR: Final = "recipes"
 ARTIFACTS_DIR: Final = "artifacts"
 REQUIREMENTS_FILE: Final = "requirements.txt"
@@ -309,18 +311,68 @@ def read_package(directory: Path) -> Package:
     if not zips:
         raise PackageError(f"{directory} lacks the artifact of {inference.name} {inference.version}")
     bucket, prefix = _store_of(zips[0].uri, inference)
+    for component in components:
+        _check_artifact_places(component, bucket, prefix)
     return Package(tuple(components), inference, bucket, prefix)
+
+
+def _check_artifact_places(component: Component, bucket: str, prefix: str) -> None:
+    """Each artifact must be where modelship puts it: publish writes the local ones to their URIs, so a
+    tampered recipe must not be able to plant an object anywhere else in the store (a model under models/,
+    say, which every door would then serve)."""
+    if component.is_model:
+        name = component.name.removeprefix(MODEL_COMPONENT_PREFIX)
+        major, _, rest = component.version.partition(".")
+        if rest != "0.0" or not major.isdigit():
+            raise PackageError(f"{component.name} {component.version}: a model component's version is N.0.0")
+        version = int(major)
+        keys = (model_key(name, version), manifest_key(name, version))
+        expected = {s3_uri(bucket, prefix, key) for key in keys}
+    else:
+        expected = {
+            s3_uri(bucket, prefix, component_artifact_key(component.name, component.version, file_name))
+            for file_name in (artifact.uri.rsplit("/", 1)[-1] for artifact in component.artifacts)
+        }
+    for artifact in component.artifacts:
+        if artifact.uri not in expected:
+            raise PackageError(
+                f"{component.name} {component.version} names {artifact.uri[:200]}, which is not where "
+                "modelship puts its artifacts in this store: the recipe was edited; package again"
+            )
+        if component.is_model and artifact.local_path is not None:
+            raise PackageError(
+                f"{component.name} {component.version} has a local artifact: model components name the "
+                "store's own objects, and publish never uploads them"
+            )
+
+
+def load_recipe_yaml(raw: bytes, name: str) -> Any:
+    """A recipe file's YAML, bounded: no larger than ``MAX_RECIPE_BYTES``, and no aliases (a recipe never
+    needs one, and a few nested aliases expand to gigabytes)."""
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise PackageError(f"{name} is {len(raw)} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
+    try:
+        for event in yaml.parse(raw, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise PackageError(f"{name} uses a YAML alias; recipes must spell every value out")
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise PackageError(f"{name} is not valid YAML: {str(error)[:300]}") from None
 
 
 def _read_component(directory: Path, path: Path) -> Component:
     try:
-        recipe = yaml.safe_load(path.read_bytes())
-    except yaml.YAMLError as error:
-        raise PackageError(f"{path.name} is not valid YAML: {error}") from None
+        size = path.stat().st_size
+    except OSError as error:
+        raise PackageError(f"cannot read {path.name}: {error.strerror}") from None
+    if size > MAX_RECIPE_BYTES:
+        raise PackageError(f"{path.name} is {size} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
+    recipe = load_recipe_yaml(path.read_bytes(), path.name)
     try:
         check_recipe(recipe)
     except RecipeError as error:
-        raise PackageError(f"{path.name} is not a valid recipe: {error}") from None
+        problems = "; ".join(problem[:300] for problem in error.problems[:10])
+        raise PackageError(f"{path.name} is not a valid recipe: {problems}") from None
     name, version = recipe["ComponentName"], recipe["ComponentVersion"]
     if path.name != recipe_file_name(recipe):
         raise PackageError(

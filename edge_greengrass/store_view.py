@@ -13,7 +13,6 @@ replaced atomically), so a view never mixes two deployments' models.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import orjson
 from modelship.core.blobs import read_regular_file
 from modelship.core.errors import ModelshipError
 from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
@@ -83,7 +83,8 @@ def read_manifest(source: ModelSource) -> Manifest:
     if raw is None:
         raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        version = json.loads(raw).get("version")
+        # orjson, as the core parses manifests: its nesting limit makes a hostile one a ValueError.
+        version = orjson.loads(raw).get("version")
     except (ValueError, AttributeError):
         raise ValueError(f"{path} is not a JSON object") from None
     if not isinstance(version, int) or isinstance(version, bool) or not 0 < version <= MAX_VERSION:

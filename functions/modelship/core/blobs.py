@@ -6,6 +6,7 @@ cannot exhaust memory; writes are atomic so a reader never sees half an object.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -83,6 +84,10 @@ class BlobTooLarge(Exception):
     pass
 
 
+class BlobUnreadable(Exception):
+    """The object exists but cannot be read (not a regular file, no permission); the message is why."""
+
+
 class BlobStore(ABC):
     """Whole-object byte storage under one root (a directory or an S3 prefix), keyed by relative paths.
 
@@ -109,9 +114,11 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
     """At most ``max_bytes`` of a regular file (None if it is larger). Never blocks on a FIFO or device
     planted where a model should be: the open is non-blocking and anything but a regular file is refused."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    # Checked on the descriptor, before fdopen: fdopen of a directory raises and would leak it.
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, "not a regular file")
     with os.fdopen(descriptor, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise OSError(f"{path} is not a regular file")
         data = handle.read(max_bytes + 1)
     return data if len(data) <= max_bytes else None
 
@@ -136,6 +143,10 @@ class LocalBlobStore(BlobStore):
             data = read_regular_file(self._path(key), max_bytes)
         except (FileNotFoundError, NotADirectoryError):
             raise BlobNotFound(key) from None
+        except OSError as error:
+            # A directory, a FIFO or a device where a file should be, or no permission. The reason only:
+            # the error's own text names the machine's path.
+            raise BlobUnreadable(error.strerror or type(error).__name__) from None
         if data is None:
             raise BlobTooLarge(key)
         return data

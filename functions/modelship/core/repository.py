@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from modelship.core.blobs import BlobNotFound, BlobStore, BlobTooLarge, open_blob_store, read_regular_file
+from modelship.core.blobs import (
+    BlobNotFound,
+    BlobStore,
+    BlobTooLarge,
+    BlobUnreadable,
+    open_blob_store,
+    read_regular_file,
+)
 from modelship.core.errors import Conflict, IntegrityError, InvalidModel, ModelUnavailable, NotFound
 from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
 from modelship.core.names import MAX_VERSION, is_valid_model_name, validate_model_name, version_from_text
@@ -106,6 +113,8 @@ class ModelRepository:
             raise NotFound(f"model {name!r} version {version} is not in the store") from None
         except BlobTooLarge:
             raise ModelUnavailable(f"manifest of {name} version {version} is too large") from None
+        except BlobUnreadable as error:
+            raise ModelUnavailable(f"manifest of {name} version {version} cannot be read: {error}") from None
         return Manifest.loads(raw, expected_name=name, expected_version=version)
 
     def fetch_verified(self, manifest: Manifest) -> bytes:
@@ -122,6 +131,8 @@ class ModelRepository:
             data = self.blobs.read(model_key(manifest.name, manifest.version), manifest.size)
         except BlobNotFound:
             raise ModelUnavailable(f"{where}: the model file is missing from the store") from None
+        except BlobUnreadable as error:
+            raise ModelUnavailable(f"{where}: the model file cannot be read: {error}") from None
         except BlobTooLarge:
             raise IntegrityError(
                 f"{where}: the model file is larger than the {manifest.size} bytes its manifest records; "
