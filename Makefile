@@ -64,9 +64,18 @@ localstack-down: ## Stop LocalStack and its Lambda processes; idempotent
 deploy-local: venv node ## Deploy the CDK app to LocalStack and push the default model
 	bash scripts/deploy-local.sh
 
-bench: venv ## Warm-path overhead over raw session.run, and cold start to first answer
-	$(PY) bench/warm_path.py
-	$(PY) bench/cold_start.py
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-installed ## Every benchmark series of issue 13 (<15 min); writes docs/benchmarks.md (BENCH_ARGS=--quick)
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make bench: installing wrk (Debian's package) for the HTTP series"; \
+	    apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } \
+	      || echo "make bench: could not install wrk; the HTTP series will say so (apt-get install wrk)"; \
+	  else echo "make bench: wrk is missing (apt-get install wrk); the HTTP series will be skipped"; fi; }
+	BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(PY) bench/run.py $(BENCH_ARGS)
 
 clean: ## Remove build outputs (keeps the virtualenvs)
 	rm -rf cdk.out layers/build build dist .pytest_cache .mypy_cache .ruff_cache

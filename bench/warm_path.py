@@ -132,7 +132,7 @@ def main() -> None:
     service = InferenceService.from_settings(Settings.from_env())
     for name in ("tiny", "mlp"):
         service.lifecycle.cache.put(app.service.lifecycle.get(name, None))
-    context = LocalLambdaContext()
+    context: Any = LocalLambdaContext()
     sink = Path(os.devnull).open("w")  # noqa: SIM115 - open for the whole run
     print(
         f"{'case':<28}{'raw us':>10}{'core us':>10}{'apigw us':>10}"
