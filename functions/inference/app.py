@@ -4,17 +4,29 @@ Everything that is not Lambda glue lives in ``modelship.core`` (the inference co
 ``modelship.doors.apigw`` (the event translation, which the local door shares). Module-level init builds
 the service and preloads ``MODELSHIP_PRELOAD`` once per execution environment (and before a
 SnapStart snapshot).
+
+The glue around each invocation is what Powertools' ``inject_lambda_context`` and ``log_metrics``
+decorators do, written for this handler so that a warm request does only the work that changes between
+invocations: the same log keys and correlation id on every line, the same EMF document printed before
+the invocation returns, the same ColdStart metric. Anything out of the ordinary (no metrics, metrics
+disabled, extra dimensions or metadata, a custom timestamp) goes through Powertools' own flush.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, Final
 
+import orjson
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.metrics.provider import cold_start as metrics_cold_start
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.constants import MAX_METRICS
+from aws_lambda_powertools.shared.functions import extract_event_from_common_models, is_durable_context
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from modelship.core.identity import METRICS_NAMESPACE, SERVICE_NAME
 from modelship.core.service import InferenceService
@@ -43,15 +55,39 @@ def _tracing_enabled() -> bool:
 
 tracer = Tracer() if _tracing_enabled() else None
 
+# Lambda's environment does not change under a running function: read it once, as the decorators
+# read their own switches once when they wrap the handler.
+_METRICS_DISABLED: Final = is_metrics_disabled()
+# Powertools writes the ColdStart metric even with POWERTOOLS_METRICS_DISABLED; so does this door.
+_CAPTURE_COLD_START: Final = not _env_flag("POWERTOOLS_METRICS_DISABLED")
+_LOG_EVENT: Final = _env_flag("POWERTOOLS_LOGGER_LOG_EVENT")
+_MILLISECONDS: Final = MetricUnit.Milliseconds.value
+_STANDARD_RESOLUTION: Final = 60
+# As Powertools' logger decides: a provisioned environment has no cold start, any other has one.
+_cold_start = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
+
+
+def _record(name: str, milliseconds: float) -> None:
+    """``metrics.add_metric(name, Milliseconds, value)`` for this door's own, valid, metric names: a
+    metric's first value this invocation goes straight into the set that Powertools serializes; anything
+    else (a second value, a set near Powertools' limit of 100) takes Powertools' own path."""
+    metric_set = metrics.metric_set
+    if name in metric_set or len(metric_set) >= MAX_METRICS - 1:
+        metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=milliseconds)
+    else:
+        metric_set[name] = {
+            "Unit": _MILLISECONDS,
+            "StorageResolution": _STANDARD_RESOLUTION,
+            "Value": [milliseconds],
+        }
+
 
 class PowertoolsObserver:
     def model_loaded(self, model: LoadedModel) -> None:
-        metrics.add_metric(
-            name="ModelLoadTime", unit=MetricUnit.Milliseconds, value=model.load_seconds * 1000
-        )
+        _record("ModelLoadTime", model.load_seconds * 1000)
 
     def inference_done(self, model: LoadedModel, seconds: float) -> None:
-        metrics.add_metric(name="InferenceLatency", unit=MetricUnit.Milliseconds, value=seconds * 1000)
+        _record("InferenceLatency", seconds * 1000)
 
 
 service = InferenceService.from_settings(Settings.from_env(), PowertoolsObserver())
@@ -62,13 +98,96 @@ if service.settings.preload and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE")
     metrics.flush_metrics()
 
 
-# Powertools writes the ColdStart metric even with POWERTOOLS_METRICS_DISABLED.
-@metrics.log_metrics(capture_cold_start_metric=not _env_flag("POWERTOOLS_METRICS_DISABLED"))
-def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return handle_event(service, event)
+def flush_metrics() -> None:
+    """Print the invocation's EMF document and clear the metric set, as ``metrics.flush_metrics()``
+    does, in one orjson write. The fast path covers the state this door leaves (its metrics, the service
+    dimension); any other state is Powertools' to serialize, validate and warn about."""
+    provider = metrics.provider
+    metric_set = provider.metric_set
+    if (
+        not metric_set
+        or _METRICS_DISABLED
+        or provider.dimension_set
+        or provider.dimension_sets
+        or provider.metadata_set
+        or provider.default_dimensions
+        or provider.timestamp
+        or not provider.namespace
+    ):
+        metrics.flush_metrics()
+        return
+    definitions = []
+    values: dict[str, Any] = {}
+    for name, metric in metric_set.items():
+        definition = {"Name": name, "Unit": metric.get("Unit", "")}
+        if metric.get("StorageResolution", _STANDARD_RESOLUTION) == 1:
+            definition["StorageResolution"] = 1
+        definitions.append(definition)
+        values[name] = metric.get("Value", 0)
+    service_name = provider.service
+    dimensions = {"service": service_name} if service_name else {}
+    document = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [
+                {"Namespace": provider.namespace, "Dimensions": [list(dimensions)], "Metrics": definitions}
+            ],
+        },
+        **dimensions,
+        **values,
+    }
+    # One write of the whole line: what print(json.dumps(...)) writes in two.
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE).decode())
+    metric_set.clear()
 
 
-if tracer is not None:
-    _handle = tracer.capture_lambda_handler(capture_response=False)(_handle)
+def _invoke(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """What ``metrics.log_metrics(capture_cold_start_metric=...)`` wraps around the handler."""
+    try:
+        response = handle_event(service, event)
+        if _CAPTURE_COLD_START and metrics_cold_start.is_cold_start:
+            metrics.provider.add_cold_start_metric(context=_lambda_context(context))
+            metrics_cold_start.is_cold_start = False
+    finally:
+        flush_metrics()
+    return response
 
-handler = logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)(_handle)
+
+_traced = tracer.capture_lambda_handler(capture_response=False)(_invoke) if tracer is not None else _invoke
+
+
+def _lambda_context(context: Any) -> Any:
+    """The Lambda context itself, also when a durable function's context wraps it."""
+    return context.lambda_context if is_durable_context(context) else context
+
+
+def _correlation_id(event: Any) -> Any:
+    """The API Gateway request id: what ``correlation_paths.API_GATEWAY_REST`` finds, without JMESPath."""
+    if isinstance(event, dict):
+        request_context = event.get("requestContext")
+        if isinstance(request_context, dict):
+            return request_context.get("requestId")
+    return None
+
+
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """The Lambda entry: the keys ``logger.inject_lambda_context`` appends, set in one update, so every
+    line this request logs (the core's too) carries them and the correlation id."""
+    global _cold_start
+    cold_start = _cold_start
+    _cold_start = False
+    lambda_context = _lambda_context(context)
+    # Logger.append_keys, without its trip through the properties that find the formatter twice.
+    logger.registered_formatter.append_keys(
+        cold_start=cold_start,
+        function_name=lambda_context.function_name,
+        function_memory_size=lambda_context.memory_limit_in_mb,
+        function_arn=lambda_context.invoked_function_arn,
+        function_request_id=lambda_context.aws_request_id,
+        correlation_id=_correlation_id(event),
+    )
+    if _LOG_EVENT:
+        logger.info(extract_event_from_common_models(event))
+    if logger.sampling_rate and not cold_start:
+        logger.refresh_sample_rate_calculation()
+    return _traced(event, context)

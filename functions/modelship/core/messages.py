@@ -34,7 +34,9 @@ class Response:
         return self.header_length is not None
 
     def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": self.content_type, **self.extra_headers}
+        headers = {"Content-Type": self.content_type}
+        if self.extra_headers:
+            headers.update(self.extra_headers)
         if self.header_length is not None:
             headers["Inference-Header-Content-Length"] = str(self.header_length)
         return headers

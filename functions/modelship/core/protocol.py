@@ -45,7 +45,15 @@ _INT_LIMITS: Final = {
 _ACCEPTED_JSON_KINDS: Final = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 
-@dataclass(slots=True)
+# Binary requests whose JSON header was seen before skip its parsing (see _Plan): at most this many
+# headers are remembered, each of at most this many bytes.
+MAX_PLANS: Final = 256
+MAX_PLANNED_HEADER_BYTES: Final = 4096
+# How many response headers (one per set of output shapes) a plan remembers.
+MAX_PLANNED_RESPONSES: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
 class RequestedOutput:
     name: str
     binary: bool
@@ -54,10 +62,50 @@ class RequestedOutput:
 
 @dataclass(slots=True)
 class InferenceCall:
+    """A validated request. ``outputs`` and ``output_names`` may be shared between calls: read only."""
+
     request_id: str | None
     feeds: dict[str, np.ndarray]
     outputs: list[RequestedOutput]
     output_names: list[str]
+    # Set when the request's header had been validated before: see _Plan.
+    plan: _Plan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedInput:
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    count: int
+    # Where the tensor starts in the binary section.
+    offset: int
+    is_bool: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What validating one JSON header against one model's signature concluded, when every input is a
+    numeric tensor in the binary section: the same header bytes for the same model always conclude the
+    same, so a repeated header (a client sending one shape again and again) is not parsed again. What
+    depends on the binary data (its length, BOOL bytes) is still checked on every request."""
+
+    # The model's own tables (never rebuilt for a loaded model): a plan serves only the model it was
+    # made for, even if another model later gets the same id().
+    bindings: dict[str, InputBinding]
+    output_datatypes: dict[str, str]
+    request_id: str | None
+    inputs: tuple[_PlannedInput, ...]
+    binary_length: int
+    outputs: list[RequestedOutput]
+    output_names: list[str]
+    # Every output is a numeric tensor in the binary section: the response's JSON header then depends
+    # only on the outputs' shapes and sizes, and is remembered here for each.
+    binary_outputs: bool
+    response_headers: dict[tuple[tuple[tuple[int, ...], int], ...], bytes]
+
+
+_plans: dict[tuple[int, bytes], _Plan] = {}
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -91,10 +139,62 @@ def parse_json_object(raw: bytes | memoryview, expected: str) -> dict[str, Any]:
 def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | None) -> InferenceCall:
     """Validate an inference request against ``model``'s signature and build onnxruntime's feeds.
 
-    Pure: no I/O and no shared state, so any number of request threads may call it at once. Binary
+    Pure: no I/O, and the only shared state is a memo of headers already validated (``_plans``), so
+    any number of request threads may call it at once. Binary
     inputs are zero-copy views into ``body``, which must therefore stay alive (and unchanged) until the
     run that uses the returned feeds has finished. Every refusal is a ``BadRequest`` naming the input.
     """
+    if header_length is not None and header_length <= MAX_PLANNED_HEADER_BYTES and isinstance(body, bytes):
+        key = (id(model), body[:header_length])
+        plan = _plans.get(key)
+        if (
+            plan is not None
+            and plan.bindings is model.inputs
+            and plan.output_datatypes is model.output_datatypes
+            and len(body) - header_length == plan.binary_length
+        ):
+            return _planned_call(plan, body, header_length)
+        call, planned = _decode(model, body, header_length)
+        if planned is not None:
+            if len(_plans) >= MAX_PLANS:
+                _plans.clear()
+            _plans[key] = _Plan(
+                model.inputs,
+                model.output_datatypes,
+                call.request_id,
+                planned,
+                len(body) - header_length,
+                call.outputs,
+                call.output_names,
+                all(
+                    output.binary
+                    and not output.classification
+                    and model.output_datatypes[output.name] != BYTES
+                    for output in call.outputs
+                ),
+                {},
+            )
+        return call
+    return _decode(model, body, header_length)[0]
+
+
+def _planned_call(plan: _Plan, body: bytes, header_length: int) -> InferenceCall:
+    feeds: dict[str, np.ndarray] = {}
+    for planned in plan.inputs:
+        array = np.frombuffer(
+            body, dtype=planned.dtype, count=planned.count, offset=header_length + planned.offset
+        )
+        if planned.is_bool and planned.count and array.view(np.uint8).max() > 1:
+            raise BadRequest(f"input {planned.name!r}: BOOL elements must be the bytes 0 or 1")
+        feeds[planned.name] = array.reshape(planned.shape)
+    return InferenceCall(plan.request_id, feeds, plan.outputs, plan.output_names, plan)
+
+
+def _decode(
+    model: LoadedModel, body: bytes, header_length: int | None
+) -> tuple[InferenceCall, tuple[_PlannedInput, ...] | None]:
+    """``decode_infer_request`` from scratch; also the plan of its inputs when every one is a numeric
+    tensor in the binary section (None otherwise)."""
     if header_length is None:
         json_part: bytes | memoryview = body
         binary: memoryview | None = None
@@ -103,35 +203,36 @@ def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | N
         json_part = view[:header_length]
         binary = view[header_length:]
     document = parse_json_object(json_part, "a JSON object with an 'inputs' list")
-    # A byte search is cheap; walking every element for true/false is not, so only when they appear.
-    json_bytes = json_part if isinstance(json_part, bytes) else json_part.tobytes()
-    may_hold_booleans = b"true" in json_bytes or b"false" in json_bytes
+    # Whether the JSON could hold true or false, looked up once and only for an input given as JSON data.
+    may_hold_booleans: bool | None = None
 
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
-    parameters = _parameters(document, "request")
-    binary_default = parameters.get("binary_data_output") is True
+    parameters = _parameters(document, "request", None)
+    binary_default = parameters.get("binary_data_output") is True if parameters else False
 
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("'inputs' must be a non-empty list of tensors")
+    bindings = model.inputs
     feeds: dict[str, np.ndarray] = {}
+    planned: list[_PlannedInput] | None = []
     offset = 0
     for item in inputs:
         if not isinstance(item, dict):
             raise BadRequest("each entry of 'inputs' must be an object with name, shape, datatype and data")
         name = item.get("name")
-        if not isinstance(name, str) or name not in model.inputs:
-            raise BadRequest(f"unknown input {name!r}; {model.name} takes {sorted(model.inputs)}")
-        binding = model.inputs[name]
+        if not isinstance(name, str) or (binding := bindings.get(name)) is None:
+            raise BadRequest(f"unknown input {name!r}; {model.name} takes {sorted(bindings)}")
         if name in feeds:
             raise BadRequest(f"input {name!r} is given more than once")
         datatype = item.get("datatype")
         if datatype != binding.datatype:
             raise BadRequest(f"input {name!r} has datatype {binding.datatype}, not {datatype!r}")
         shape, count = _validate_shape(binding, item.get("shape"))
-        binary_size = _parameters(item, f"input {name!r}").get("binary_data_size")
+        item_parameters = _parameters(item, "input", name)
+        binary_size = item_parameters.get("binary_data_size") if item_parameters else None
         if binary_size is not None:
             if binary is None:
                 raise BadRequest(
@@ -140,18 +241,30 @@ def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | N
                 )
             if "data" in item:
                 raise BadRequest(f"input {name!r} has both 'data' and binary_data_size")
-            if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+            if type(binary_size) is not int or binary_size < 0:
                 raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
             end = offset + binary_size
             if end > len(binary):
                 raise BadRequest(
                     f"input {name!r}: binary_data_size {binary_size} runs past the end of the binary data"
                 )
-            feeds[name] = _decode_binary(binding, binary[offset:end], shape, count)
+            feeds[name] = _decode_binary(binding, binary, offset, binary_size, shape, count)
+            if planned is not None and binding.datatype != BYTES:
+                planned.append(
+                    _PlannedInput(name, binding.dtype, shape, count, offset, binding.datatype == "BOOL")
+                )
+            else:
+                planned = None
             offset = end
         else:
+            planned = None
             if "data" not in item:
                 raise BadRequest(f"input {name!r} has no 'data' (nor binary_data_size)")
+            if may_hold_booleans is None:
+                # A byte search is cheap; walking every element for true/false is not, so only when they
+                # appear.
+                json_bytes = json_part if isinstance(json_part, bytes) else json_part.tobytes()
+                may_hold_booleans = b"true" in json_bytes or b"false" in json_bytes
             feeds[name] = _decode_json(binding, item["data"], shape, count, may_hold_booleans)
     if len(feeds) != len(model.required_inputs):
         missing = sorted(model.required_inputs - feeds.keys())
@@ -161,39 +274,49 @@ def decode_infer_request(model: LoadedModel, body: bytes, header_length: int | N
             f"the binary section has {len(binary)} bytes but the inputs declare {offset} (binary_data_size)"
         )
     outputs = _requested_outputs(model, document.get("outputs"), binary_default)
-    return InferenceCall(request_id, feeds, outputs, [output.name for output in outputs])
+    call = InferenceCall(request_id, feeds, outputs, [output.name for output in outputs])
+    return call, tuple(planned) if planned is not None else None
 
 
-def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+_NO_PARAMETERS: Final[dict[str, Any]] = {}
+
+
+def _parameters(holder: dict[str, Any], kind: str, name: str | None) -> dict[str, Any]:
+    """The holder's 'parameters' object, empty when absent. ``kind`` and ``name`` say where, for the
+    error only (no message is built for a valid request)."""
     parameters = holder.get("parameters")
     if parameters is None:
-        return {}
+        return _NO_PARAMETERS
     if not isinstance(parameters, dict):
+        where = kind if name is None else f"{kind} {name!r}"
         raise BadRequest(f"{where}: 'parameters' must be an object")
     return parameters
 
 
 def _validate_shape(binding: InputBinding, shape: Any) -> tuple[tuple[int, ...], int]:
-    name = binding.name
     if not isinstance(shape, list):
-        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        raise BadRequest(f"input {binding.name!r}: 'shape' must be a list of non-negative integers")
     # A tensor of any rank (binding.shape None) takes any list of dimensions.
     expected_shape = binding.shape if binding.shape is not None else (-1,) * len(shape)
     if len(shape) != len(expected_shape):
         raise BadRequest(
-            f"input {name!r}: expected rank {len(expected_shape)} shape {list(expected_shape)}, got {shape}"
+            f"input {binding.name!r}: expected rank {len(expected_shape)} shape {list(expected_shape)}, "
+            f"got {shape}"
         )
     if len(shape) > MAX_RANK:
-        raise BadRequest(f"input {name!r}: rank {len(shape)} is over the limit of {MAX_RANK}")
+        raise BadRequest(f"input {binding.name!r}: rank {len(shape)} is over the limit of {MAX_RANK}")
     count = 1
     for dim, expected in zip(shape, expected_shape, strict=True):
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 or dim > MAX_DIMENSION:
-            raise BadRequest(f"input {name!r}: invalid dimension {dim!r} in shape {shape}")
+        # JSON numbers parse to exactly int, float or bool: ``type is int`` refuses true and 1.0 alike.
+        if type(dim) is not int or dim < 0 or dim > MAX_DIMENSION:
+            raise BadRequest(f"input {binding.name!r}: invalid dimension {dim!r} in shape {shape}")
         if expected >= 0 and dim != expected:
-            raise BadRequest(f"input {name!r}: shape {shape} does not fit the model's {list(expected_shape)}")
+            raise BadRequest(
+                f"input {binding.name!r}: shape {shape} does not fit the model's {list(expected_shape)}"
+            )
         count *= dim
     if count > MAX_ELEMENTS:
-        raise BadRequest(f"input {name!r}: shape {shape} has too many elements")
+        raise BadRequest(f"input {binding.name!r}: shape {shape} has too many elements")
     return tuple(shape), count
 
 
@@ -267,20 +390,22 @@ def _flatten(data: Any) -> list[Any]:
 
 
 def _decode_binary(
-    binding: InputBinding, chunk: memoryview, shape: tuple[int, ...], count: int
+    binding: InputBinding, binary: memoryview, offset: int, size: int, shape: tuple[int, ...], count: int
 ) -> np.ndarray:
+    """The ``size`` bytes at ``offset`` of the binary section (the caller has checked they are there)."""
     if binding.datatype == BYTES:
-        return _decode_binary_strings(binding.name, chunk, shape, count)
+        return _decode_binary_strings(binding.name, binary[offset : offset + size], shape, count)
     expected = count * binding.itemsize
-    if len(chunk) != expected:
+    if size != expected:
         raise BadRequest(
             f"input {binding.name!r}: shape {list(shape)} of {binding.datatype} needs {expected} bytes, "
-            f"binary_data_size is {len(chunk)}"
+            f"binary_data_size is {size}"
         )
-    if binding.datatype == "BOOL" and count and np.frombuffer(chunk, dtype=np.uint8).max() > 1:
+    array = np.frombuffer(binary, dtype=binding.dtype, count=count, offset=offset)
+    if binding.datatype == "BOOL" and count and array.view(np.uint8).max() > 1:
         # Any other byte is not a valid bool: numpy, orjson and onnxruntime kernels disagree about it.
         raise BadRequest(f"input {binding.name!r}: BOOL elements must be the bytes 0 or 1")
-    return np.frombuffer(chunk, dtype=binding.dtype, count=count).reshape(shape)
+    return array.reshape(shape)
 
 
 def _decode_binary_strings(name: str, chunk: memoryview, shape: tuple[int, ...], count: int) -> np.ndarray:
@@ -311,7 +436,7 @@ def _requested_outputs(model: LoadedModel, requested: Any, binary_default: bool)
         if name in seen:
             raise BadRequest(f"output {name!r} is requested more than once")
         seen.add(name)
-        parameters = _parameters(item, f"output {name!r}")
+        parameters = _parameters(item, "output", name)
         binary = parameters.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise BadRequest(f"output {name!r}: binary_data must be true or false")
@@ -394,6 +519,23 @@ def encode_infer_response(
     model: LoadedModel, call: InferenceCall, results: list[np.ndarray]
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
+    plan = call.plan
+    if plan is None or not plan.binary_outputs:
+        return _encode(model, call, results)
+    key = tuple([(array.shape, array.nbytes) for array in results])
+    header = plan.response_headers.get(key)
+    if header is None:
+        body, header_length = _encode(model, call, results)
+        if header_length is not None:
+            if len(plan.response_headers) >= MAX_PLANNED_RESPONSES:
+                plan.response_headers.clear()
+            plan.response_headers[key] = body[:header_length]
+        return body, header_length
+    chunks = [np.ascontiguousarray(array).data.cast("B") if array.size else b"" for array in results]
+    return b"".join([header, *chunks]), len(header)
+
+
+def _encode(model: LoadedModel, call: InferenceCall, results: list[np.ndarray]) -> tuple[bytes, int | None]:
     entries: list[dict[str, Any]] = []
     chunks: list[bytes | memoryview] = []
     for output, array in zip(call.outputs, results, strict=True):

@@ -47,6 +47,9 @@ EXTENSIONS: Final = ("binary_tensor_data", "model_repository", "classification")
 PLATFORM: Final = "onnxruntime_onnx"
 # How long a readiness probe waits for its retry of failed preloads before answering "still loading".
 READY_RETRY_WAIT_SECONDS: Final = 1.0
+# How many distinct inference paths keep their parsed (name, version): enough for every model a server
+# holds, bounded because paths come from clients.
+MAX_CACHED_ROUTES: Final = 1024
 
 
 class InferenceService:
@@ -81,6 +84,9 @@ class InferenceService:
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
         )
+        # Inference paths already parsed and validated by _route: path -> (model name, version or None).
+        # A path's meaning never changes, so a repeated one skips the parsing, not any check of the request.
+        self._infer_routes: dict[str, tuple[str, int | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, observer: Observer | None = None) -> InferenceService:
@@ -124,6 +130,10 @@ class InferenceService:
         try:
             # Before routing, on every route: a door that could not check earlier gets the same 413.
             check_request_size(len(body), self.settings.max_request_bytes)
+            route = self._infer_routes.get(path)
+            if route is not None:
+                _allow(method, "POST")
+                return self._infer(route[0], route[1], headers, body)
             return self._route(method, path, headers, body)
         except ModelshipError as error:
             return error_response(error)
@@ -141,7 +151,7 @@ class InferenceService:
             return Response(200, self._server_metadata)
         head = rest[0]
         if head == "models" and len(rest) >= 2:
-            return self._model_route(method, rest[1:], headers, body)
+            return self._model_route(method, path, rest[1:], headers, body)
         if head == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
             _allow(method, "GET")
             return self._health(rest[1])
@@ -153,7 +163,9 @@ class InferenceService:
             return self._repository_control(rest[2], rest[3])
         raise NotFound(f"no route for {path[:200]!r}")
 
-    def _model_route(self, method: str, rest: list[str], headers: Mapping[str, str], body: bytes) -> Response:
+    def _model_route(
+        self, method: str, path: str, rest: list[str], headers: Mapping[str, str], body: bytes
+    ) -> Response:
         name = rest[0]
         version: int | None = None
         tail = rest[1:]
@@ -169,6 +181,8 @@ class InferenceService:
             validate_model_name(name)
             if version_text is not None:
                 version = parse_version(version_text)
+            if len(self._infer_routes) < MAX_CACHED_ROUTES:
+                self._infer_routes[path] = (name, version)
             return self._infer(name, version, headers, body)
         if not tail or tail == ["ready"]:
             _allow(method, "GET")

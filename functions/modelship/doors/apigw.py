@@ -36,7 +36,11 @@ def handle_event(service: InferenceService, event: dict[str, Any]) -> dict[str, 
     raw_headers = event.get("headers") or _NO_HEADERS
     if not isinstance(method, str) or not isinstance(path, str) or not isinstance(raw_headers, dict):
         return _not_an_event()
-    headers = {str(key).lower(): str(value) for key, value in raw_headers.items()}
+    # API Gateway's header names and values are strings; anything else is made one, as before.
+    headers = {
+        (key if type(key) is str else str(key)).lower(): value if type(value) is str else str(value)
+        for key, value in raw_headers.items()
+    }
     try:
         body = _body_bytes(event)
     except ModelshipError as error:
@@ -80,7 +84,8 @@ def _body_bytes(event: dict[str, Any]) -> bytes:
 
 
 def to_proxy_result(response: Response) -> dict[str, Any]:
-    if response.is_binary:
+    is_binary = response.header_length is not None
+    if is_binary:
         body: str = pybase64.b64encode_as_string(response.body)
     else:
         body = response.body.decode("utf-8")
@@ -99,5 +104,5 @@ def to_proxy_result(response: Response) -> dict[str, Any]:
         "statusCode": response.status,
         "headers": response.headers(),
         "body": body,
-        "isBase64Encoded": response.is_binary,
+        "isBase64Encoded": is_binary,
     }
