@@ -21,6 +21,10 @@ import onnxruntime as ort
 
 # How often the watchdog looks at the runs in flight: the precision of a deadline.
 TICK_SECONDS: Final = 0.05
+# How many ticks without a run the watchdog keeps ticking before it sleeps until the next run: waking a
+# sleeping thread costs a context switch, which on one CPU is several times a small model's run, so a
+# steady stream of requests must find the watchdog ticking, not asleep.
+IDLE_TICKS: Final = 20
 # The reason a ticket carries when its own deadline stopped it.
 DEADLINE: Final = "deadline"
 
@@ -48,6 +52,8 @@ class RunWatchdog:
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._closed = False
+        # True while the watchdog sleeps with no timeout: only then must a new run wake it.
+        self._asleep = False
 
     @contextmanager
     def run(self, seconds: float) -> Iterator[RunTicket]:
@@ -66,7 +72,8 @@ class RunWatchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="modelship-watchdog", daemon=True)
                 self._thread.start()
-            elif len(self._runs) == 1:
+            elif self._asleep:
+                self._asleep = False
                 self._wake.notify()
         try:
             yield ticket
@@ -89,9 +96,18 @@ class RunWatchdog:
 
     def _watch(self) -> None:
         with self._lock:
+            idle_ticks = 0
             while True:
-                while not self._runs:
-                    self._wake.wait()
+                if self._runs:
+                    idle_ticks = 0
+                elif idle_ticks < IDLE_TICKS:
+                    idle_ticks += 1
+                else:
+                    while not self._runs:
+                        self._asleep = True
+                        self._wake.wait()
+                    self._asleep = False
+                    idle_ticks = 0
                 now = self._clock()
                 for ticket in self._runs.values():
                     if ticket.reason is None and now >= ticket.deadline:
