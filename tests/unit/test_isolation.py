@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from modelship.core import isolation
 from modelship.core.errors import ModelUnavailable
 from modelship.core.isolation import ProbeReport, probe_model
 from modelship.core.memory import resident_bytes
@@ -22,6 +25,15 @@ from tests.support.models import identity_model, write_model
 from tests.support.processes import REPO_ROOT
 
 MIB = 1024 * 1024
+# The real check, before the fixture below replaces it for each test.
+REAL_FORK_IS_SAFE = isolation.fork_is_safe
+
+
+@pytest.fixture(autouse=True, params=["fork", "spawn"])
+def child_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every guarantee holds for both children: forked from this process, or a new interpreter."""
+    monkeypatch.setattr(isolation, "fork_is_safe", lambda: request.param == "fork")
+    yield request.param
 
 
 def probe(data: bytes, *, limit: int = 256 * MIB, timeout: float = 60, run_timeout: float = 5) -> ProbeReport:
@@ -85,17 +97,19 @@ def test_a_warm_up_stuck_inside_one_kernel_is_stopped_by_the_load_timeout() -> N
 PARENT = """
 import sys
 sys.path[:0] = sys.argv[1:3]
+from modelship.core import isolation
 from modelship.core.isolation import probe_model
+isolation.fork_is_safe = lambda: sys.argv[3] == "fork"
 from tests.support import hostile_models
 probe_model(hostile_models.slow_to_fold(400_000), where="m version 1", memory_limit_bytes=256 << 20,
             timeout_seconds=600, run_timeout=600, threads=1)
 """
 
 
-def test_an_isolated_load_dies_with_the_process_that_started_it() -> None:
+def test_an_isolated_load_dies_with_the_process_that_started_it(child_kind: str) -> None:
     """A server killed mid-load must not leave its child folding a hostile graph under init."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(REPO_ROOT / "functions"), str(REPO_ROOT)],
+        [sys.executable, "-c", PARENT, str(REPO_ROOT / "functions"), str(REPO_ROOT), child_kind],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -133,3 +147,47 @@ def is_running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_a_blocked_forked_child_is_retried_in_a_new_interpreter(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forked child that times out without using the CPU was blocked by the fork, not by the model."""
+    monkeypatch.setattr(isolation, "fork_is_safe", lambda: True)
+
+    def blocked(*args: object) -> None:
+        raise isolation._ForkedChildStuck(0.0)
+
+    monkeypatch.setattr(isolation, "_run_forked", blocked)
+    assert probe(identity_model("FP32")).session_bytes < 32 * MIB
+    assert "blocked" in caplog.text
+
+
+def test_a_forked_child_that_sleeps_past_the_timeout_is_called_blocked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(isolation, "_child", lambda *args: time.sleep(60))
+    with pytest.raises(isolation._ForkedChildStuck):
+        isolation._run_forked(identity_model("FP32"), 256 * MIB, 5, 1, timeout_seconds=1)
+
+
+def test_forking_is_refused_while_another_thread_runs() -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not REAL_FORK_IS_SAFE()
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_forking_is_refused_once_a_session_has_threads_of_its_own() -> None:
+    """A session's intra-op pool is not one of the libraries' idle threads: the load spawns then."""
+    if isolation._LIBRARY_THREADS is None:
+        pytest.skip("this process imported onnxruntime with other threads running: it never forks")
+    from modelship.core.sessions import create_session
+
+    session = create_session(identity_model("FP32"), threads=2)
+    assert not REAL_FORK_IS_SAFE()
+    del session
