@@ -30,13 +30,15 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import re
+import select
 import selectors
 import signal
 import socket
 import threading
 import time
-import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -63,6 +65,10 @@ SHUTDOWN_FINISH_SECONDS: Final = 5.0
 _BINARY_MARKERS: Final = ("inference-header-content-length",)
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _RECV_BYTES: Final = 65536
+_HAS_POLL: Final = hasattr(select, "poll")
+_sched_yield: Final[Callable[[], object]] = getattr(os, "sched_yield", lambda: None)
+_POLLIN: Final = 1  # select.POLLIN, select.POLLOUT on every platform that has them
+_POLLOUT: Final = 4
 # File descriptors kept for everything but client connections (models, logs, S3, the listener).
 _FD_RESERVE: Final = 64
 # Connections refused at the cap are drained for this long after their 503, at most this many at once.
@@ -78,6 +84,19 @@ _HEADER_LINE: Final = re.compile(rb"(" + _TCHAR + rb"):[ \t]*(.*?)[ \t]*", re.DO
 # Field values: visible characters, obs-text, space and tab; no other control character.
 _BAD_VALUE_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTENT_LENGTH: Final = re.compile(r"[0-9]{1,19}")
+# The common case in one match, on the head decoded as Latin-1: HTTP/1.0 or 1.1, every line ending in CRLF,
+# every header a token, a colon and a value without control characters. A head it does not match goes
+# through the line-by-line parse, which says what is wrong with it.
+_STR_TCHAR: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FAST_HEAD: Final = re.compile(
+    r"("
+    + _STR_TCHAR
+    + r") ([\x21-\x7e]+) HTTP/1\.([01])((?:\r\n"
+    + _STR_TCHAR
+    + r":[\t\x20-\x7e\x80-\xff]*)*)"
+)
+# A target that ``urlsplit`` and ``unquote`` would return unchanged as the path, with no query.
+_PLAIN_PATH: Final = re.compile(r"/(?!/)[^?#%\t\r\n]*")
 _JSON: Final = {"Content-Type": "application/json"}
 
 
@@ -98,16 +117,28 @@ class Limits:
     # Connections served at once; fewer when the file-descriptor limit is lower.
     max_connections: int = 128
     backlog: int = 1024
+    # Requests run the handler one at a time, in the order they arrived (see ``_Turns``); one still
+    # running after this long stops holding the others up: the next in line starts beside it.
+    turn_seconds: float = 0.05
 
 
 DEFAULT_LIMITS: Final = Limits()
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID as a string, as ``str(uuid.uuid4())`` but a few times cheaper."""
+    digits = os.urandom(16).hex()
+    return (
+        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
+        f"{'89ab'[int(digits[16], 16) & 3]}{digits[17:20]}-{digits[20:]}"
+    )
 
 
 @dataclass
 class LocalLambdaContext:
     """The attributes of Lambda's context object that handlers and Powertools read."""
 
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    aws_request_id: str = field(default_factory=new_request_id)
     function_name: str = "modelship-local"
     function_version: str = "$LATEST"
     memory_limit_in_mb: int = 2048
@@ -123,15 +154,24 @@ class LocalLambdaContext:
 def build_proxy_event(
     method: str, target: str, headers: list[tuple[str, str]], body: bytes | bytearray, request_id: str
 ) -> dict[str, Any]:
-    split = urlsplit(target)
-    path = unquote(split.path)
+    if _PLAIN_PATH.fullmatch(target):
+        path = target
+        query_parameters = None
+    else:
+        split = urlsplit(target)
+        path = unquote(split.path)
+        query_parameters = dict(parse_qsl(split.query, keep_blank_values=True)) or None
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
+    is_binary = False
     for key, value in headers:
         single[key] = value
-        multi.setdefault(key, []).append(value)
-    query = parse_qsl(split.query, keep_blank_values=True)
-    is_binary = any(key.lower() in _BINARY_MARKERS for key, _ in headers)
+        if key in multi:
+            multi[key].append(value)
+        else:
+            multi[key] = [value]
+        if not is_binary and key.lower() in _BINARY_MARKERS:
+            is_binary = True
     text_body: str | None = None
     if body and not is_binary:
         try:
@@ -150,7 +190,7 @@ def build_proxy_event(
         "httpMethod": method,
         "headers": single,
         "multiValueHeaders": multi,
-        "queryStringParameters": dict(query) or None,
+        "queryStringParameters": query_parameters,
         "multiValueQueryStringParameters": None,
         "pathParameters": {"proxy": path.removeprefix("/v2/")} if path.startswith("/v2/") else None,
         "stageVariables": None,
@@ -200,13 +240,24 @@ def _phrase(status: int) -> str:
         return ""
 
 
+_STATUS_LINES: Final[dict[int, str]] = {}
+
+
 def _response_head(status: int, headers: dict[str, str], length: int, connection: str | None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
-    lines.extend(f"{key}: {value}" for key, value in headers.items() if key.lower() != "content-length")
-    lines.append(f"Content-Length: {length}")
+    status_line = _STATUS_LINES.get(status)
+    if status_line is None:
+        status_line = f"HTTP/1.1 {status} {_phrase(status)}\r\n"
+        if len(_STATUS_LINES) < 1000:
+            _STATUS_LINES[status] = status_line
+    lines = [status_line]
+    for key, value in headers.items():
+        if key.lower() != "content-length":
+            lines.append(f"{key}: {value}\r\n")
+    lines.append(f"Content-Length: {length}\r\n")
     if connection is not None:
-        lines.append(f"Connection: {connection}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        lines.append(f"Connection: {connection}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 def _error_body(message: str) -> bytes:
@@ -215,6 +266,29 @@ def _error_body(message: str) -> bytes:
 
 def _parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> _Request:
     """Parse a request head (without its final empty line) strictly, or raise ``_Refusal``."""
+    text = head.decode("latin-1")
+    match = _FAST_HEAD.fullmatch(text)
+    if match is None:
+        return _parse_head_lines(head, limits)
+    method, target, minor, block = match.groups()
+    if target.startswith("//"):
+        target = "/" + target.lstrip("/")
+    elif not target.startswith("/"):
+        # Rare forms: the line-by-line parse decides.
+        return _parse_head_lines(head, limits)
+    headers: list[tuple[str, str]] = []
+    if block:
+        lines = block.split("\r\n")
+        if len(lines) - 1 > limits.max_headers:
+            raise _Refusal(431, f"more than {limits.max_headers} header lines")
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip(" \t")))
+    return _framing(target, method, "HTTP/1.0" if minor == "0" else "HTTP/1.1", headers)
+
+
+def _parse_head_lines(head: bytes, limits: Limits) -> _Request:
+    """``_parse_head`` line by line: slower, but it names what is wrong with a head."""
     without_line_ends = head.replace(b"\r\n", b"")
     if b"\r" in without_line_ends or b"\n" in without_line_ends:
         raise _Refusal(400, "malformed request head: every line must end with CRLF")
@@ -248,6 +322,20 @@ def _parse_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> _Request:
     return _framing(target, method_bytes.decode("ascii"), version, headers)
 
 
+_CONTENT_LENGTH_KEY: Final = 0
+_TRANSFER_ENCODING_KEY: Final = 1
+_CONNECTION_KEY: Final = 2
+_HOST_KEY: Final = 3
+_EXPECT_KEY: Final = 4
+_FRAMING_KEYS: Final = {
+    "content-length": _CONTENT_LENGTH_KEY,
+    "transfer-encoding": _TRANSFER_ENCODING_KEY,
+    "connection": _CONNECTION_KEY,
+    "host": _HOST_KEY,
+    "expect": _EXPECT_KEY,
+}
+
+
 def _framing(target: str, method: str, version: str, headers: list[tuple[str, str]]) -> _Request:
     """How long the body is and whether the connection stays open, refusing anything ambiguous."""
     lengths: list[str] = []
@@ -256,16 +344,18 @@ def _framing(target: str, method: str, version: str, headers: list[tuple[str, st
     hosts = 0
     expect_continue = False
     for name, value in headers:
-        key = name.lower()
-        if key == "content-length":
+        key = _FRAMING_KEYS.get(name.lower())
+        if key is None:
+            continue
+        if key == _CONTENT_LENGTH_KEY:
             lengths.append(value)
-        elif key == "transfer-encoding":
+        elif key == _TRANSFER_ENCODING_KEY:
             codings.append(value.lower())
-        elif key == "connection":
+        elif key == _CONNECTION_KEY:
             connection.extend(token.strip().lower() for token in value.split(","))
-        elif key == "host":
+        elif key == _HOST_KEY:
             hosts += 1
-        elif key == "expect":
+        else:
             expect_continue = value.lower() == "100-continue" and version == "HTTP/1.1"
     if codings:
         # Two Transfer-Encoding headers, or one beside Content-Length, are how requests get smuggled;
@@ -273,29 +363,100 @@ def _framing(target: str, method: str, version: str, headers: list[tuple[str, st
         if any("chunked" in coding for coding in codings):
             raise _Refusal(411, "chunked bodies are not supported; send Content-Length")
         raise _Refusal(501, "transfer codings are not supported; send Content-Length")
-    if not all(_CONTENT_LENGTH.fullmatch(value) for value in lengths) or len({int(v) for v in lengths}) > 1:
-        # Differing duplicates would let a request hide inside another's body (RFC 9112, 6.3).
-        raise _Refusal(400, "invalid or conflicting Content-Length")
+    content_length = 0
+    if lengths:
+        for value in lengths:
+            if _CONTENT_LENGTH.fullmatch(value) is None:
+                raise _Refusal(400, "invalid or conflicting Content-Length")
+        content_length = int(lengths[0])
+        if len(lengths) > 1 and any(int(value) != content_length for value in lengths):
+            # Differing duplicates would let a request hide inside another's body (RFC 9112, 6.3).
+            raise _Refusal(400, "invalid or conflicting Content-Length")
     if hosts > 1:
         raise _Refusal(400, "more than one Host header")
     if method not in _METHODS:
         raise _Refusal(501, f"Unsupported method ({method!r})")
     close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
-    return _Request(
-        method=method,
-        target=target,
-        version=version,
-        headers=headers,
-        content_length=int(lengths[0]) if lengths else 0,
-        expect_continue=expect_continue,
-        close=close,
-    )
+    return _Request(method, target, version, headers, content_length, expect_continue, close)
+
+
+class _Turns:
+    """Requests take turns at the handler, first come first served.
+
+    Threads time-slicing one CPU under the GIL would interleave every request with all the others, so
+    each would take as long as all of them together and the tail would grow with the connections. Here
+    one request at a time runs the handler and writes its answer, and the next in line is handed the
+    turn directly (``threading.Lock`` is not fair: a thread releasing it can take it straight back).
+    A request holding its turn longer than ``seconds`` (a slow model, a client that does not read) is
+    passed: the next in line takes the turn and runs beside it, so nobody waits on it for longer.
+    Reading and parsing requests happen outside the turns, so a slow client never holds anyone up."""
+
+    __slots__ = ("_lock", "_owner", "_seconds", "_since", "_waiters")
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._seconds = seconds
+        # The current turn's gate (None when nobody holds it), since when it is held, and who waits.
+        self._owner: threading.Lock | None = None
+        self._since = 0.0
+        self._waiters: deque[threading.Lock] = deque()
+
+    def take(self) -> threading.Lock:
+        """Wait for this request's turn; returns the token to ``give`` back."""
+        gate = threading.Lock()
+        gate.acquire()
+        with self._lock:
+            now = time.monotonic()
+            if self._owner is None:
+                self._owner = gate
+                self._since = now
+                return gate
+            self._waiters.append(gate)
+            wait = self._timeout(gate, now)
+        while True:
+            # Released by ``give`` when the turn is handed here; otherwise look again when it runs long.
+            gate.acquire(timeout=wait)
+            with self._lock:
+                if self._owner is gate:
+                    return gate
+                now = time.monotonic()
+                if now - self._since >= self._seconds and self._waiters[0] is gate:
+                    # The turn has run too long: take it over and leave the slow request to finish alone.
+                    self._waiters.popleft()
+                    self._owner = gate
+                    self._since = now
+                    return gate
+                wait = self._timeout(gate, now)
+
+    def _timeout(self, gate: threading.Lock, now: float) -> float:
+        """How long a waiter waits before it looks again: until the turn runs long; when it has, no
+        time at all for the first in line, and a whole turn for the others (the first takes over)."""
+        remaining = self._since + self._seconds - now
+        if remaining > 0:
+            return remaining
+        return 0.0 if self._waiters[0] is gate else self._seconds
+
+    def give(self, gate: threading.Lock) -> None:
+        """End a turn (idempotent) and hand it to the next in line."""
+        with self._lock:
+            if self._owner is not gate:
+                return
+            if self._waiters:
+                following = self._waiters.popleft()
+                self._owner = following
+                self._since = time.monotonic()
+                following.release()
+            else:
+                self._owner = None
 
 
 class _Connection:
-    """One client connection, served by its own thread: requests one after another (keep-alive)."""
+    """One client connection, served by its own thread: requests one after another (keep-alive).
 
-    __slots__ = ("buffer", "busy", "peer", "server", "sock")
+    The socket is non-blocking: each read or write is tried first and waited for (``poll``) only when it
+    would block, so a request costs a few system calls, with every deadline still enforced."""
+
+    __slots__ = ("buffer", "busy", "peer", "poller", "server", "sock")
 
     def __init__(self, server: LocalServer, sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -304,10 +465,14 @@ class _Connection:
         self.buffer = bytearray()
         # True from a request's first byte until its answer is sent; idle connections close at shutdown.
         self.busy = False
+        self.poller: Any = None
 
     def serve(self) -> None:
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.setblocking(False)
+            if _HAS_POLL:
+                self.poller = select.poll()
             while self._serve_one():
                 pass
         except (_ClientGone, OSError) as error:
@@ -341,101 +506,159 @@ class _Connection:
                 # Half a request is not one and there is no one to answer; it is still logged.
                 self._log(request.method, request.target, 400, 0, started)
             raise
-        context = LocalLambdaContext()
-        event = build_proxy_event(
-            request.method, request.target, request.headers, body, context.aws_request_id
-        )
+        turns = self.server._turns
+        turn = turns.take()
         try:
-            result = self.server.lambda_handler(event, context)
-            status = int(result["statusCode"])
-            headers = dict(result.get("headers") or {})
-            payload = result.get("body") or ""
-            raw = pybase64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode("utf-8")
-        except Exception:
-            # API Gateway answers 502 when the integration fails; so do we, without leaking a traceback.
-            logger.exception("the Lambda handler failed")
-            status, headers, raw = 502, _JSON, _error_body("internal server error")
-        close = request.close or self.server.stopping
-        self._send(status, headers, raw, request, close)
-        self._log(request.method, request.target, status, len(raw), started)
+            context = LocalLambdaContext()
+            event = build_proxy_event(
+                request.method, request.target, request.headers, body, context.aws_request_id
+            )
+            try:
+                result = self.server.lambda_handler(event, context)
+                status = int(result["statusCode"])
+                headers = dict(result.get("headers") or {})
+                payload = result.get("body") or ""
+                raw = pybase64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
+            except Exception:
+                # API Gateway answers 502 when the integration fails; so do we, without leaking a traceback.
+                logger.exception("the Lambda handler failed")
+                status, headers, raw = 502, _JSON, _error_body("internal server error")
+            close = request.close or self.server.stopping
+            # A client slow to read its answer gives up the turn while it is waited for.
+            self._send(status, headers, raw, request, close, on_wait=lambda: turns.give(turn))
+            self._log(request.method, request.target, status, len(raw), started)
+        finally:
+            turns.give(turn)
         if close:
             self._linger()
             return False
-        return self.server._idle(self)
+        if not self.server._idle(self):
+            return False
+        if len(self.server._connections) > 1:
+            # Let the other connections' threads run before reading this one's next request. A keep-alive
+            # client answered at once has its next request ready by now: without this, this thread would
+            # go on serving it, keeping the CPU for a whole scheduler slice (milliseconds) while the
+            # others' requests wait unread, unable even to queue for their turn.
+            _sched_yield()
+        return True
+
+    def _wait(self, event: int, deadline: float) -> bool:
+        """Wait until the socket is readable (``select.POLLIN``) or writable; False at the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if self.poller is not None:
+            self.poller.register(self.sock, event)
+            # poll takes whole milliseconds: round up, so that it never returns early for ever.
+            return bool(self.poller.poll(int(remaining * 1000) + 1))
+        readable, writable, _ = select.select(
+            [self.sock] if event == _POLLIN else [], [self.sock] if event != _POLLIN else [], [], remaining
+        )
+        return bool(readable or writable)
+
+    def _read(self, deadline: float) -> bytes | None:
+        """What the client sent next (``b""`` when it closed its side), or None past the deadline."""
+        while True:
+            try:
+                return self.sock.recv(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                pass
+            if not self._wait(_POLLIN, deadline):
+                return None
+
+    def _sendall(self, data: bytes, deadline: float, on_wait: Callable[[], object] | None = None) -> None:
+        """Send everything by the deadline (else ``TimeoutError``); ``on_wait`` is called before waiting."""
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        if on_wait is not None:
+            on_wait()
+        view = memoryview(data)[sent:]
+        while view:
+            if not self._wait(_POLLOUT, deadline):
+                raise TimeoutError("the client did not read its answer in time")
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                view = view[self.sock.send(view) :]
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the first byte of the next request."""
         if not self.buffer:
-            self.sock.settimeout(self.server.limits.idle_seconds)
-            try:
-                chunk = self.sock.recv(_RECV_BYTES)
-            except TimeoutError:
-                return False
+            chunk = self._read(time.monotonic() + self.server.limits.idle_seconds)
             if not chunk:
                 return False
             self.buffer += chunk
         self.server._busy(self)
         return True
 
-    def _recv(self, deadline: float, refusal: _Refusal) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise refusal
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(_RECV_BYTES)
-        except TimeoutError:
-            raise refusal from None
+    def _recv(self, deadline: float, body: bool) -> None:
+        """Read more of a request, or refuse it (408) past its deadline."""
+        chunk = self._read(deadline) if deadline > time.monotonic() else None
+        if chunk is None:
+            limits = self.server.limits
+            if body:
+                raise _Refusal(
+                    408, f"the request body did not arrive within {limits.body_seconds:g} s", linger=False
+                )
+            raise _Refusal(408, f"the request headers did not arrive within {limits.header_seconds:g} s")
         if not chunk:
             raise _ClientGone("the client closed the connection mid-request")
         self.buffer += chunk
 
     def _read_head(self) -> _Request:
         limits = self.server.limits
+        buffer = self.buffer
         deadline = time.monotonic() + limits.header_seconds
-        late = _Refusal(408, f"the request headers did not arrive within {limits.header_seconds:g} s")
         while True:
             # Empty lines before a request line are ignored (RFC 9112, 2.2).
-            while self.buffer.startswith(b"\r\n"):
-                del self.buffer[:2]
-            end = self.buffer.find(b"\r\n\r\n")
+            while buffer.startswith(b"\r\n"):
+                del buffer[:2]
+            end = buffer.find(b"\r\n\r\n")
             if end >= 0:
                 break
-            if len(self.buffer) > limits.max_head_bytes:
-                if b"\r\n" not in self.buffer:
+            if len(buffer) > limits.max_head_bytes:
+                if b"\r\n" not in buffer:
                     raise _Refusal(414, f"the request line is longer than {limits.max_head_bytes} bytes")
                 raise _Refusal(431, f"the request headers are longer than {limits.max_head_bytes} bytes")
-            if self.buffer.count(b"\n") != self.buffer.count(b"\r\n"):
+            if buffer.count(b"\n") != buffer.count(b"\r\n"):
                 raise _Refusal(400, "malformed request head: every line must end with CRLF")
-            self._recv(deadline, late)
+            self._recv(deadline, body=False)
         if end + 4 > limits.max_head_bytes:
             raise _Refusal(431, f"the request headers are longer than {limits.max_head_bytes} bytes")
-        head = bytes(self.buffer[:end])
-        del self.buffer[: end + 4]
+        head = bytes(buffer[:end])
+        del buffer[: end + 4]
         return _parse_head(head, limits)
 
     def _read_body(self, request: _Request) -> bytes | bytearray:
         length = request.content_length
+        if not length:
+            return b""
         try:
             # The core's rule, asked before the body is read, so a huge body is never buffered.
             check_request_size(length, self.server.max_request_bytes)
         except PayloadTooLarge as error:
             raise _Refusal(error.status, error.message) from None
-        if request.expect_continue and length:
-            self.sock.settimeout(self.server.limits.send_seconds)
-            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if len(self.buffer) >= length:
-            body = bytes(self.buffer[:length])
-            del self.buffer[:length]
+        buffer = self.buffer
+        if request.expect_continue:
+            self._sendall(
+                b"HTTP/1.1 100 Continue\r\n\r\n", time.monotonic() + self.server.limits.send_seconds
+            )
+        if len(buffer) >= length:
+            if len(buffer) == length:
+                body = bytes(buffer)
+                buffer.clear()
+                return body
+            body = bytes(buffer[:length])
+            del buffer[:length]
             return body
-        seconds = self.server.limits.body_seconds
-        deadline = time.monotonic() + seconds
-        late = _Refusal(408, f"the request body did not arrive within {seconds:g} s", linger=False)
+        deadline = time.monotonic() + self.server.limits.body_seconds
         # Grown as bytes arrive, never allocated from the declared length alone.
-        while len(self.buffer) < length:
-            self._recv(deadline, late)
-        body_bytes = self.buffer[:length]
-        del self.buffer[:length]
+        while len(buffer) < length:
+            self._recv(deadline, body=True)
+        body_bytes = buffer[:length]
+        del buffer[:length]
         return body_bytes
 
     def _refuse(self, refusal: _Refusal, request: _Request | None, started: float) -> None:
@@ -447,7 +670,13 @@ class _Connection:
             self._linger()
 
     def _send(
-        self, status: int, headers: dict[str, str], body: bytes, request: _Request | None, close: bool
+        self,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+        request: _Request | None,
+        close: bool,
+        on_wait: Callable[[], object] | None = None,
     ) -> None:
         if close:
             connection: str | None = "close"
@@ -457,8 +686,8 @@ class _Connection:
         else:
             connection = None
         head = _response_head(status, headers, len(body), connection)
-        self.sock.settimeout(self.server.limits.send_seconds)
-        self.sock.sendall(head + body if request is None or request.method != "HEAD" else head)
+        deadline = time.monotonic() + self.server.limits.send_seconds
+        self._sendall(head + body if request is None or request.method != "HEAD" else head, deadline, on_wait)
 
     def _linger(self) -> None:
         """Lingering close: stop sending, then read (and drop) what the client still sends for a bounded
@@ -481,14 +710,18 @@ class _Connection:
 
     def _log(self, method: str, target: str, status: int, length: int, started: float) -> None:
         if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                '%s "%s %s" %d %dB %.2fms',
-                self.peer,
-                method,
-                target[:200],
-                status,
-                length,
-                (time.perf_counter() - started) * 1000,
+            # As ``logger.info`` does, less looking up the caller's frame, which the access log never shows.
+            logger.handle(
+                logger.makeRecord(
+                    logger.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    '%s "%s %s" %d %dB %.2fms',
+                    (self.peer, method, target[:200], status, length, (time.perf_counter() - started) * 1000),
+                    None,
+                    "_log",
+                )
             )
 
 
@@ -557,6 +790,7 @@ class LocalServer:
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
         self._last_warning: dict[str, float] = {}
+        self._turns = _Turns(limits.turn_seconds)
         refusal = _error_body(
             f"the server has {self.max_connections} connections open already; retry shortly"
         )
@@ -687,15 +921,17 @@ class LocalServer:
             logger.warning(message, *args)
 
     def _busy(self, connection: _Connection) -> None:
-        with self._lock:
-            connection.busy = True
+        connection.busy = True
 
     def _idle(self, connection: _Connection) -> bool:
         """Mark a connection idle after its answer; False when the server is stopping (close it)."""
+        connection.busy = False
+        if not self._stop.is_set():
+            return True
+        # ``drain`` may be waiting for this: tell it now rather than at its next look.
         with self._changed:
-            connection.busy = False
             self._changed.notify_all()
-            return not self._stop.is_set()
+        return False
 
     def _forget(self, connection: _Connection) -> None:
         with self._changed:
