@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def main(events_path: str, results_path: str) -> None:
@@ -14,7 +15,9 @@ def main(events_path: str, results_path: str) -> None:
     from modelship.doors.local_http import LocalLambdaContext
 
     events = json.loads(Path(events_path).read_text())
-    results = [inference.app.handler(event, LocalLambdaContext()) for event in events]
+    # The local stand-in has every attribute the handler reads from Lambda's context.
+    context: Any = LocalLambdaContext()
+    results = [inference.app.handler(event, context) for event in events]
     Path(results_path).write_text(json.dumps(results))
 
 

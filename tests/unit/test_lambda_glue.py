@@ -22,6 +22,11 @@ from modelship.doors.local_http import LocalLambdaContext
 from tests.support.events import load_event
 
 
+def _reset_cold_start() -> None:
+    # Powertools' own helper is untyped.
+    reset_cold_start_flag()  # type: ignore[no-untyped-call]
+
+
 @pytest.fixture
 def app(populated_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     monkeypatch.setenv("MODELSHIP_STORE", str(populated_store))
@@ -31,13 +36,13 @@ def app(populated_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", f"modelship-glue-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "ModelshipGlue")
     # Powertools keeps its ColdStart flag per process: each test is a fresh execution environment.
-    reset_cold_start_flag()
+    _reset_cold_start()
     sys.modules.pop("inference.app", None)
     module = importlib.import_module("inference.app")
     yield module
     module.metrics.metric_set.clear()
     sys.modules.pop("inference.app", None)
-    reset_cold_start_flag()
+    _reset_cold_start()
 
 
 def _event(path: str, request_id: str) -> dict[str, Any]:
@@ -189,7 +194,7 @@ def test_metrics_disabled_prints_no_emf_as_before(
     monkeypatch.setenv("MODELSHIP_PRELOAD", "")
     monkeypatch.setenv("MODELSHIP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MODELSHIP_ISOLATE_LOADS", "false")
-    reset_cold_start_flag()
+    _reset_cold_start()
     sys.modules.pop("inference.app", None)
     app = importlib.import_module("inference.app")
     try:
@@ -203,4 +208,4 @@ def test_metrics_disabled_prints_no_emf_as_before(
     finally:
         app.metrics.metric_set.clear()
         sys.modules.pop("inference.app", None)
-        reset_cold_start_flag()
+        _reset_cold_start()
