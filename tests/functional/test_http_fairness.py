@@ -265,6 +265,23 @@ def test_an_overrun_turn_passes_to_the_next_and_its_late_give_hands_over_nothing
     assert len(third) == 1
 
 
+def test_a_turn_handed_over_then_overrun_before_its_thread_woke_is_still_taken() -> None:
+    # Under load the thread handed a turn may wake after the next in line found the turn overrun and
+    # took it over: it must still go ahead (it was given the turn), never wait forever or crash.
+    turns = local_http._Turns(0.01)
+    first = turns.take()
+    handed, handed_wait = turns._join()
+    next_in_line, next_wait = turns._join()
+    assert handed_wait is not None and next_wait is not None
+    turns.give(first)  # the turn is handed to ``handed``, whose thread has not woken yet
+    time.sleep(0.02)  # and runs long
+    assert turns._await(next_in_line, 0.0) is next_in_line  # the next takes it over
+    assert turns._await(handed, 3600) is handed  # and the late one still goes ahead, at once
+    turns.give(handed)
+    turns.give(next_in_line)
+    assert turns._owner is None and not turns._waiters
+
+
 def test_request_ids_are_version_4_uuids() -> None:
     ids = {new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000

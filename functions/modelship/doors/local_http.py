@@ -403,6 +403,11 @@ class _Turns:
 
     def take(self) -> threading.Lock:
         """Wait for this request's turn; returns the token to ``give`` back."""
+        gate, wait = self._join()
+        return gate if wait is None else self._await(gate, wait)
+
+    def _join(self) -> tuple[threading.Lock, float | None]:
+        """A new gate: the turn at once (None), or in the queue, with how long to wait first."""
         gate = threading.Lock()
         gate.acquire()
         with self._lock:
@@ -410,14 +415,19 @@ class _Turns:
             if self._owner is None:
                 self._owner = gate
                 self._since = now
-                return gate
+                return gate, None
             self._waiters.append(gate)
-            wait = self._timeout(gate, now)
+            return gate, self._timeout(gate, now)
+
+    def _await(self, gate: threading.Lock, wait: float) -> threading.Lock:
         while True:
-            # Released by ``give`` when the turn is handed here; otherwise look again when it runs long.
-            gate.acquire(timeout=wait)
+            # Only ``give`` releases a gate: once it has, the turn was handed here, even if it has since
+            # run long enough for the next in line to start beside it. Otherwise look again when it runs
+            # long. (Checked again under the lock: ``give`` may release it just after the timeout.)
+            if gate.acquire(timeout=wait):
+                return gate
             with self._lock:
-                if self._owner is gate:
+                if gate.acquire(blocking=False):
                     return gate
                 now = time.monotonic()
                 if now - self._since >= self._seconds and self._waiters[0] is gate:
