@@ -3,6 +3,7 @@ exactly as the first time, and still check everything that depends on the binary
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,9 @@ def test_data_checks_still_run_on_a_remembered_header(service: InferenceService)
 
 
 def test_a_header_is_remembered_for_its_own_model_only(service: InferenceService) -> None:
+    # Plans of earlier tests' models may sit under a recycled id(); a lookup ignores them (their bindings
+    # are not this model's), but they would muddle the check below.
+    protocol._plans.clear()
     sample = SAMPLE_BY_DATATYPE["FP32"]
     body, headers = _binary_out(sample, "FP32")
     assert _infer(service, "identity_fp32", body, headers).status == 200
@@ -85,3 +89,25 @@ def test_the_memo_is_bounded(service: InferenceService) -> None:
         body, headers = _binary_out(array, "FP32")
         assert _infer(service, "identity_fp32", body, headers).status == 200
     assert 0 < len(protocol._plans) <= protocol.MAX_PLANS
+
+
+def test_a_plan_left_by_another_model_under_a_recycled_id_is_not_used(service: InferenceService) -> None:
+    # id() of a model that was evicted and freed may be reused by the next model loaded: a plan stored
+    # under it belongs to the old model (another signature) and must be parsed afresh, not trusted.
+    protocol._plans.clear()
+    sample = SAMPLE_BY_DATATYPE["FP32"]
+    body, headers = _binary_out(sample, "FP32")
+    assert _infer(service, "identity_fp32", body, headers).status == 200
+    model = service.lifecycle.get("identity_fp32", None)
+    other = service.lifecycle.get("add_sub", None)
+    key = (id(model), body[: int(headers[HEADER])])
+    # The plan as the other model would have left it under this id.
+    protocol._plans[key] = dataclasses.replace(
+        protocol._plans[key], bindings=other.inputs, output_datatypes=other.output_datatypes
+    )
+    answer = _infer(service, "identity_fp32", body, headers)
+    assert answer.status == 200
+    _, arrays = read_response(answer.body, answer.header_length)
+    np.testing.assert_array_equal(arrays["y"], sample)
+    # Parsed afresh for this model, and remembered for it.
+    assert protocol._plans[key].bindings is model.inputs
