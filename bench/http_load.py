@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
 import shutil
@@ -824,65 +823,12 @@ def run_http_series(
 # ---------------------------------------------------------------------------------------------------
 # Alone: python bench/http_load.py [--quick]
 # ---------------------------------------------------------------------------------------------------
-def cnn_model(classes: int = 10) -> bytes:
-    """A CNN of about 5 MB on a 1x224x224x3 (NHWC) float input: five stride-2 3x3 convolutions with
-    ReLU, global average pooling and a softmax over ``classes``. Used only when run alone."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    widths = [3, 32, 64, 128, 256, 384]
-    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2])]
-    initializers = []
-    previous = "t"
-    for index, (cin, cout) in enumerate(itertools.pairwise(widths)):
-        weight = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
-        initializers += [
-            numpy_helper.from_array(weight, f"w{index}"),
-            numpy_helper.from_array(np.zeros(cout, np.float32), f"b{index}"),
-        ]
-        nodes.append(
-            helper.make_node(
-                "Conv", [previous, f"w{index}", f"b{index}"], [f"c{index}"], strides=[2, 2], pads=[1, 1, 1, 1]
-            )
-        )
-        nodes.append(helper.make_node("Relu", [f"c{index}"], [f"r{index}"]))
-        previous = f"r{index}"
-    head = (rng.standard_normal((widths[-1], classes)) * 0.05).astype(np.float32)
-    initializers.append(numpy_helper.from_array(head, "head"))
-    nodes += [
-        helper.make_node("GlobalAveragePool", [previous], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "head"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 224, 224, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, classes])],
-        initializer=initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    serialized: bytes = model.SerializeToString()
-    return serialized
-
-
 def standalone_models(folder: Path) -> dict[str, Path]:
-    """The orchestrator's models (``bench/models.py``) when it is there; else a tiny and a CNN made here."""
-    try:
-        from models import write_models
-    except ImportError:
-        pass
-    else:
-        written: dict[str, Path] = write_models(folder, ("tiny", "cnn"))
-        return written
-    from warm_path import tiny_model
+    """The orchestrator's own models (``bench/models.py``), so that a run alone measures the same bytes."""
+    from models import write_models
 
-    paths = {"tiny": folder / "tiny.onnx", "cnn": folder / "cnn.onnx"}
-    paths["tiny"].write_bytes(tiny_model())
-    paths["cnn"].write_bytes(cnn_model())
-    return paths
+    written: dict[str, Path] = write_models(folder, ("tiny", "cnn"))
+    return written
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 - ``tiny``: one ``Add`` on a 1x16 float tensor. It does almost nothing, so it measures overhead.
 - ``cnn``: about 5 MB on a 224x224x3 (NHWC) image: four Conv+Relu+MaxPool blocks, then a Gemm head.
-- ``mlp``: about 17 MB: four 1024x1024 float32 MatMul+Relu layers (the one ``warm_path.py`` uses).
+- ``mlp``: about 17 MB: four 1024x1024 float32 MatMul+Relu layers.
 
 Every model has one float32 input named ``x`` and one output named ``y``; the CNN and the MLP have a
 dynamic batch dimension. ``write_models`` writes them as ``NAME.onnx`` and returns their paths.
