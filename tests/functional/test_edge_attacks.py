@@ -20,18 +20,13 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +42,22 @@ from moto.server import ThreadedMotoServer
 from edge_greengrass.ipc import IpcBridge
 from edge_greengrass.settings import EdgeSettings
 from edge_greengrass.store_view import ModelSource, build_store_view, read_manifest
+from tests.support.edge_door import (
+    IRIS_REQUEST,
+    NUCLEUS_SHUTDOWN_SECONDS,
+    STARTUP_TIMEOUT_SECONDS,
+    call,
+    door_command,
+    door_environment,
+    run_door,
+    running_door,
+    sigterm_and_wait,
+)
 from tests.support.greengrass_ipc import COMPONENT_NAME, FakeGreengrassIPC, FakeOperation
 from tests.support.hostile_models import counting_loop
 from tests.support.http_client import host_port, read_until_closed
 from tests.support.models import write_model
 from tests.support.processes import REPO_ROOT, free_port, run_modelship
-
-IRIS_REQUEST: dict[str, Any] = {
-    "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
-}
-NUCLEUS_SHUTDOWN_SECONDS = 5.0
-STARTUP_TIMEOUT_SECONDS = 60.0
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers: model folders as the nucleus lays them out, and the door as a real process.
@@ -77,112 +76,6 @@ def nucleus(tmp_path_factory: pytest.TempPathFactory, iris_model: tuple[bytes, l
         repository.push(write_model(scratch, name, data), name, labels=labels)
         shutil.copytree(store / "models" / name / "1", root / name)
     return root
-
-
-def door_environment() -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "SVCUID"))}
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "functions"), str(REPO_ROOT)])
-    environment["PYTHONUNBUFFERED"] = "1"
-    environment.pop("MODELSHIP_STORE", None)
-    return environment
-
-
-def door_command(port: int, work: Path, models: list[str]) -> list[str]:
-    command = [sys.executable, "-m", "edge_greengrass", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--work", str(work)]
-    for model in models:
-        command += ["--model", model]
-    return command
-
-
-@dataclass
-class Door:
-    url: str
-    process: subprocess.Popen[str]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}{path}", data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-@contextmanager
-def running_door(
-    tmp_path: Path,
-    models: list[str],
-    *,
-    work: Path | None = None,
-    wait_for: str = "/v2/health/live",
-    env: dict[str, str] | None = None,
-) -> Iterator[Door]:
-    port = free_port()
-    log_path = tmp_path / f"door-{port}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            door_command(port, work or tmp_path / "work", models),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**door_environment(), **(env or {})},
-            cwd=tmp_path,
-            text=True,
-        )
-    door = Door(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the door exited with {process.returncode}:\n{door.log()}")
-            try:
-                if call(door.url, "GET", wait_for)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the door did not answer {wait_for}:\n{door.log()}")
-            time.sleep(0.05)
-        yield door
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def run_door(tmp_path: Path, work: Path, models: list[str]) -> tuple[int, str]:
-    """A door expected to stop on its own (it cannot serve): its exit code and its log."""
-    completed = subprocess.run(
-        door_command(free_port(), work, models),
-        env=door_environment(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_TIMEOUT_SECONDS,
-        check=False,
-    )
-    return completed.returncode, completed.stdout + completed.stderr
-
-
-def sigterm_and_wait(process: subprocess.Popen[str], signals: int = 1) -> float:
-    started = time.monotonic()
-    for _ in range(signals):
-        process.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
-    try:
-        process.wait(timeout=NUCLEUS_SHUTDOWN_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError("the door outlived the nucleus's 5 s between SIGTERM and SIGKILL") from None
-    return time.monotonic() - started
 
 
 # ---------------------------------------------------------------------------------------------------------

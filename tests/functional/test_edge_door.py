@@ -4,21 +4,15 @@ for what needs a nucleus (configuration applied in place to the HTTP side)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -32,23 +26,20 @@ from edge_greengrass.door import DoorOptions, EdgeDoor
 from edge_greengrass.ipc import IPC_OFF_MESSAGE
 from edge_greengrass.settings import EdgeSettings
 from edge_greengrass.store_view import ModelSource
+from tests.support.edge_door import (
+    IRIS_REQUEST,
+    NUCLEUS_SHUTDOWN_SECONDS,
+    call,
+    component_folder,
+    door_environment,
+    running_door,
+    sigterm_and_wait,
+)
 from tests.support.greengrass_ipc import FakeGreengrassIPC
 from tests.support.hostile_models import counting_loop
 from tests.support.http_client import host_port, read_until_closed, statuses
 from tests.support.models import write_model
-from tests.support.processes import REPO_ROOT, free_port
-
-IRIS_REQUEST = {
-    "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
-}
-# The nucleus sends SIGKILL 5 s after SIGTERM.
-NUCLEUS_SHUTDOWN_SECONDS = 5.0
-STARTUP_TIMEOUT_SECONDS = 60
-
-
-def component_folder(root: Path, name: str, version: int) -> Path:
-    """Where the nucleus unpacks a model component's artifacts."""
-    return root / "packages" / "artifacts" / f"com.modelship.model.{name}" / f"{version}.0.0"
+from tests.support.processes import free_port
 
 
 @pytest.fixture(scope="module")
@@ -73,92 +64,6 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, iris_model: tuple[bytes,
     impostor = component_folder(root, "impostor", 1)
     shutil.copytree(component_folder(root, "iris", 1), impostor)
     return root
-
-
-def door_environment() -> dict[str, str]:
-    # No AWS credentials, no region, no nucleus: the door must not need any of them.
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "SVCUID"))}
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "functions"), str(REPO_ROOT)])
-    environment["PYTHONUNBUFFERED"] = "1"
-    environment.pop("MODELSHIP_STORE", None)
-    return environment
-
-
-@dataclass
-class DoorProcess:
-    url: str
-    process: subprocess.Popen[str]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-def door_command(port: int, work: Path, models: list[str], *extra: str) -> list[str]:
-    command = [sys.executable, "-m", "edge_greengrass", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--work", str(work)]
-    for model in models:
-        command += ["--model", model]
-    return [*command, *extra]
-
-
-@contextmanager
-def running_door(
-    tmp_path: Path, models: list[str], wait_for: str = "/v2/health/live", env: dict[str, str] | None = None
-) -> Iterator[DoorProcess]:
-    port = free_port()
-    log_path = tmp_path / f"door-{port}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            door_command(port, tmp_path / "work", models),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**door_environment(), **(env or {})},
-            cwd=tmp_path,
-            text=True,
-        )
-    door = DoorProcess(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the door exited with {process.returncode}:\n{door.log()}")
-            try:
-                if call(door.url, "GET", wait_for)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the door did not answer {wait_for}:\n{door.log()}")
-            time.sleep(0.1)
-        yield door
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = orjson.dumps(body) if body is not None else None
-    request = urllib.request.Request(f"{url}{path}", data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, orjson.loads(error.read())
-
-
-def sigterm_and_wait(process: subprocess.Popen[str]) -> float:
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=NUCLEUS_SHUTDOWN_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError("the door outlived the nucleus's 5 s between SIGTERM and SIGKILL") from None
-    return time.monotonic() - started
 
 
 def test_the_door_serves_the_model_components_and_stops_within_the_nucleus_limit(
@@ -220,7 +125,9 @@ def test_sigterm_during_an_onnxruntime_run_cancels_it_and_exits_within_the_nucle
     # The core's own run deadline must not end the run first.
     environment = {"MODELSHIP_INFERENCE_TIMEOUT_SECONDS": "3600"}
     with (
-        running_door(tmp_path, [f"endless={folder}"], "/v2/models/endless/ready", environment) as door,
+        running_door(
+            tmp_path, [f"endless={folder}"], wait_for="/v2/models/endless/ready", env=environment
+        ) as door,
         socket.create_connection(host_port(door.url), timeout=30) as connection,
     ):
         connection.sendall(request)
