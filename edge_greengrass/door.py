@@ -17,7 +17,6 @@ import dataclasses
 import fcntl
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
@@ -39,6 +38,7 @@ from edge_greengrass.ipc import (
     IpcClient,
     IpcClientFactory,
     close_client,
+    describe_error,
     nucleus_available,
     read_configuration,
     report_errored,
@@ -64,8 +64,6 @@ SHUTDOWN_GRACE_SECONDS: Final = 2.0
 SHUTDOWN_FINISH_SECONDS: Final = 0.5
 IPC_FINISH_SECONDS: Final = 0.3
 WORK_LOCK_FILE: Final = ".lock"
-# As LocalServer keeps: descriptors for everything but client connections.
-_FD_RESERVE: Final = 64
 
 # (handler, service): the Lambda handler to run and the InferenceService behind it.
 HandlerLoader = Callable[[], tuple[LambdaHandler, InferenceService]]
@@ -135,9 +133,8 @@ class EdgeDoor:
         except _WorkFolderBusy as busy:
             return self._cannot_serve(str(busy))
         except OSError as error:
-            return self._cannot_serve(
-                f"cannot build the store view in {self.options.work}: {error.strerror or _describe(error)}"
-            )
+            reason = error.strerror or describe_error(error)
+            return self._cannot_serve(f"cannot build the store view in {self.options.work}: {reason}")
         for name, reason in sorted(self.view.refused.items()):
             logger.error("not serving %s: %s", name, reason)
         if not self.view.models:
@@ -178,7 +175,7 @@ class EdgeDoor:
                 self.bridge.start()
             except Exception as error:
                 self.server.server_close()
-                return self._cannot_serve(f"cannot subscribe over Greengrass IPC: {_describe(error)}")
+                return self._cannot_serve(f"cannot subscribe over Greengrass IPC: {describe_error(error)}")
         host, port = self.server.server_address
         logger.info("modelship %s edge door serving on http://%s:%d/v2", __version__, host, port)
         if self._stop_requested.is_set():
@@ -212,7 +209,7 @@ class EdgeDoor:
             self.client = factory()
         except Exception as error:
             # Exiting lets the nucleus retry the component; HTTP alone would leave the bridge dead unseen.
-            logger.error("cannot connect to the Greengrass nucleus over IPC: %s", _describe(error))
+            logger.error("cannot connect to the Greengrass nucleus over IPC: %s", describe_error(error))
             return 1
         try:
             configured = read_configuration(self.client)
@@ -220,7 +217,7 @@ class EdgeDoor:
             logger.error("ignoring the component's configuration: %s", error)
             return 0
         except Exception as error:
-            logger.error("cannot read the component's configuration: %s", _describe(error))
+            logger.error("cannot read the component's configuration: %s", describe_error(error))
             return 0
         # host and port come from the command line: the recipe interpolates them, so they are the same.
         self.settings = dataclasses.replace(configured, host=self.settings.host, port=self.settings.port)
@@ -253,7 +250,7 @@ class EdgeDoor:
         """The HTTP side of a configuration update, in place (the bridge applies its own side)."""
         self.settings = dataclasses.replace(settings, host=self.settings.host, port=self.settings.port)
         if self.server is not None:
-            self.server.max_connections = _connection_cap(settings.worker_threads)
+            self.server.limit_connections(settings.worker_threads)
             self.server.max_request_bytes = settings.max_request_bytes
         if self.service is not None:
             self.service.settings = dataclasses.replace(
@@ -303,19 +300,6 @@ class EdgeDoor:
             cancelled = self.service.cancel_runs()
             if cancelled:
                 logger.warning("cancelled %d inference runs still in onnxruntime", cancelled)
-
-
-def _connection_cap(worker_threads: int) -> int:
-    """``worker_threads``, kept below the file-descriptor limit as LocalServer does at start."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft - _FD_RESERVE >= worker_threads:
-        return worker_threads
-    return max(1, soft - _FD_RESERVE)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).splitlines()[0][:300] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _whole_number(key: str, low: int, high: int) -> Callable[[str], int]:

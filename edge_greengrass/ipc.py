@@ -109,7 +109,7 @@ def report_errored(client: IpcClient) -> None:
     try:
         client.update_state(state=ERRORED)
     except Exception as error:
-        logger.warning("could not report ERRORED to the nucleus: %s", _describe(error))
+        logger.warning("could not report ERRORED to the nucleus: %s", describe_error(error))
 
 
 def close_client(client: IpcClient) -> None:
@@ -117,7 +117,7 @@ def close_client(client: IpcClient) -> None:
     try:
         client.close(executor_wait=False)
     except Exception as error:
-        logger.debug("closing the IPC client: %s", _describe(error))
+        logger.debug("closing the IPC client: %s", describe_error(error))
 
 
 class _Refused(Exception):
@@ -247,7 +247,7 @@ class IpcBridge:
             self._subscribe(topic_filter)
         except Exception as error:
             logger.error(
-                "cannot subscribe to %s, still on the previous topic: %s", topic_filter, _describe(error)
+                "cannot subscribe to %s, still on the previous topic: %s", topic_filter, describe_error(error)
             )
             return
         _close_operation(previous)
@@ -264,7 +264,7 @@ class IpcBridge:
             logger.error("ignoring a configuration update: %s", error)
             return
         except Exception as error:
-            logger.error("cannot read the updated configuration: %s", _describe(error))
+            logger.error("cannot read the updated configuration: %s", describe_error(error))
             return
         # host and port are not applied in place: the nucleus restarts the door when they change, as the
         # Run command interpolates them.
@@ -275,7 +275,7 @@ class IpcBridge:
 
     @staticmethod
     def _on_stream_error(error: Exception) -> bool:
-        logger.error("Greengrass IPC stream error: %s", _describe(error))
+        logger.error("Greengrass IPC stream error: %s", describe_error(error))
         # Keep the stream open: one bad message must not end the subscription.
         return False
 
@@ -392,7 +392,8 @@ class IpcBridge:
                 publish_message=PublishMessage(json_message=JsonMessage(message=message)),
             )
         except Exception as error:
-            logger.warning("could not publish the reply on %s: %s", envelope.reply_topic, _describe(error))
+            reason = describe_error(error)
+            logger.warning("could not publish the reply on %s: %s", envelope.reply_topic, reason)
 
 
 def _decode(message: Any) -> tuple[dict[str, Any], str]:
@@ -467,6 +468,7 @@ def _close_operation(operation: Any) -> None:
         operation.close()
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """An error in one log line: its type and the first 300 characters of its first line."""
     text = str(error).splitlines()[0][:300] if str(error) else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import orjson
@@ -250,8 +250,26 @@ def test_the_configuration_read_over_ipc_and_its_updates_reach_the_http_side(
 
         client.change_configuration({"workerThreads": "2", "maxRequestBytes": "60"})
         assert door.server.max_connections == 2
+        # Past the new cap, a connection is refused with the new count. The earlier call's connection
+        # must have left first, or it would take one of the two places.
+        deadline = time.monotonic() + 30
+        while door.server.open_connections:
+            assert time.monotonic() < deadline, "the earlier connection was never seen to close"
+            time.sleep(0.01)
+        with ExitStack() as held:
+            for _ in range(2):
+                held.enter_context(socket.create_connection(host_port(url), timeout=10))
+            with socket.create_connection(host_port(url), timeout=10) as third:
+                third.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                refused = read_until_closed(third)
+            assert statuses(refused) == [503] and b"has 2 connections open already" in refused
         assert door.service.settings.max_request_bytes == 60
-        status, body = call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)
+        # Once the server has seen the held connections close, it serves again.
+        deadline = time.monotonic() + 30
+        while (answer := call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST))[0] == 503:
+            assert time.monotonic() < deadline, "the server did not recover after the connections closed"
+            time.sleep(0.05)
+        status, body = answer
         assert status == 413 and "60" in body["error"]
         message = {"correlation_id": "big", "reply_topic": "modelship/reply/big", "request": IRIS_REQUEST}
         client.deliver("modelship/infer/iris", message)

@@ -775,15 +775,7 @@ class LocalServer:
         self.lambda_handler = lambda_handler
         self.max_request_bytes = max_request_bytes
         self.limits = limits
-        descriptors = _descriptor_limit()
-        self.max_connections = limits.max_connections
-        if descriptors is not None and descriptors - _FD_RESERVE < self.max_connections:
-            self.max_connections = max(1, descriptors - _FD_RESERVE)
-            logger.warning(
-                "the file-descriptor limit is %d: serving at most %d connections at once",
-                descriptors,
-                self.max_connections,
-            )
+        self.limit_connections(limits.max_connections)
         if not is_loopback(self.server_address[0]):
             logger.warning(
                 "listening on %s port %d, which is not a loopback address: anyone who can reach it can "
@@ -801,10 +793,26 @@ class LocalServer:
         self._wake_write.setblocking(False)
         self._last_warning: dict[str, float] = {}
         self._turns = _Turns(limits.turn_seconds)
-        refusal = _error_body(
-            f"the server has {self.max_connections} connections open already; retry shortly"
-        )
-        self._refusal = _response_head(503, {**_JSON, "Retry-After": "1"}, len(refusal), "close") + refusal
+
+    def limit_connections(self, count: int) -> None:
+        """Serve at most ``count`` connections at once, fewer if the file-descriptor limit is lower. Safe
+        while serving (the edge door applies a configuration update in place)."""
+        descriptors = _descriptor_limit()
+        if descriptors is not None and descriptors - _FD_RESERVE < count:
+            count = max(1, descriptors - _FD_RESERVE)
+            logger.warning(
+                "the file-descriptor limit is %d: serving at most %d connections at once", descriptors, count
+            )
+        body = _error_body(f"the server has {count} connections open already; retry shortly")
+        # The refusal first: a connection refused in between names the new count, never a stale one.
+        self._refusal = _response_head(503, {**_JSON, "Retry-After": "1"}, len(body), "close") + body
+        self.max_connections = count
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now (closed ones leave once their thread has seen them close)."""
+        with self._lock:
+            return len(self._connections)
 
     @property
     def stopping(self) -> bool:
