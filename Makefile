@@ -14,11 +14,21 @@ PORT ?= 8080
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
+# `make serve` installs only the `serve` extra (onnxruntime, numpy, onnx: about 200 MB, under half a
+# minute); the first target that needs more (`make test`, `lint`, ...) adds the `dev` extra to the same venv.
+$(VENV)/.serve-installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing what serving needs into $(VENV) (the serve extra) ..."
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[serve]'
+	@touch $@
+
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==25.3
-	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $@
+	@echo "installing every Python dependency into $(VENV) (the dev extra; a few minutes the first time) ..."
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@ $(VENV)/.serve-installed
 
 venv: $(VENV)/.installed ## Create the virtualenv with every Python dependency
 
@@ -28,7 +38,7 @@ node_modules/.installed: package.json
 
 node: node_modules/.installed ## Install the pinned CDK command-line tools
 
-serve: venv ## Serve the bundled default model (or STORE=...) on http://$(HOST):$(PORT)
+serve: $(VENV)/.serve-installed ## Serve the bundled default model (or STORE=...) on http://$(HOST):$(PORT)
 	$(VENV)/bin/modelship serve --host $(HOST) --port $(PORT) $(if $(STORE),--store $(STORE),)
 
 test: venv node ## Run the whole test suite: lint, types, unit, functional, infra, edge, integration
