@@ -15,9 +15,9 @@ Two configurations:
 
 - **lambda-layer**: as the Lambda runs it: python3.13 (``scripts/find-python.sh 3.13``) in isolated mode
   (``-I -S``) with only the built layers (``layers/build/ARCH/*.zip``, unzipped) and the function's code
-  on ``sys.path``. The function's code is copied without bytecode and run with ``-B``, as Lambda runs the
-  asset (it excludes ``__pycache__`` and /var/task is read-only), so modelship's modules are compiled at
-  every cold start as there. Skipped, with the reason, when no layer is built or no python3.13 is found.
+  on ``sys.path``. The function's code is staged as the deployed asset is (``layers/function_asset.py``:
+  sources and their 3.13 ``unchecked-hash`` bytecode) and run with ``-B``, as /var/task is read-only.
+  Skipped, with the reason, when no layer is built or no python3.13 is found.
 - **venv**: this virtualenv's interpreter, with the installed packages.
 
 Runs are interleaved (every model and configuration in each round); medians over ``--runs``.
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "functions"), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(ROOT / "functions"), str(Path(__file__).resolve().parent), str(ROOT)]
 
 from models import SPECS, write_models  # noqa: E402
 
@@ -187,19 +187,14 @@ def unpack_layers(workdir: Path) -> tuple[list[str] | None, str]:
     return layer_dirs, ""
 
 
-def stage_function_code(workdir: Path) -> Path:
-    """The function's code as the Lambda asset holds it: sources only, no bytecode."""
+def stage_task(workdir: Path, python313: str) -> Path:
+    """The function's code as the deployed asset holds it: the same staging, 3.13 bytecode included."""
+    from layers.function_asset import stage_function_code
+
     task = workdir / "lambda-task"
     shutil.rmtree(task, ignore_errors=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for package in ("modelship", "inference"):
-        shutil.copytree(ROOT / "functions" / package, task / package, ignore=ignore)
+    stage_function_code(ROOT / "functions", task, Path(python313))
     return task
-
-
-def drop_bytecode(task: Path) -> None:
-    for cache in task.rglob("__pycache__"):
-        shutil.rmtree(cache, ignore_errors=True)
 
 
 def binary_event(model: str) -> dict[str, Any]:
@@ -285,8 +280,6 @@ def measure_once(
         "MODELSHIP_PRELOAD": model,
         "MODELSHIP_CACHE_DIR": str(cache_dir),
     }
-    if config["task"] is not None:
-        drop_bytecode(config["task"])
     try:
         if kind == "modelship":
             argv = [*config["python"], "-c", MODELSHIP_CHILD, str(events[model]), *config["sys_path"]]
@@ -335,20 +328,18 @@ def run(out: Path, *, runs: int, quick: bool) -> dict[str, Any]:
     elif layer_dirs is None:
         skipped["lambda-layer"] = why_layers
     else:
-        task = stage_function_code(workdir)
+        task = stage_task(workdir, python313)
         configs["lambda-layer"] = {
             "name": "lambda-layer",
             "python": [python313, "-I", "-S", "-B"],
             "sys_path": [str(task), *layer_dirs],
             "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
-            "task": task,
         }
     configs["venv"] = {
         "name": "venv",
         "python": [sys.executable],
         "sys_path": [],
         "env": {**os.environ, "PYTHONPATH": str(ROOT / "functions")},
-        "task": None,
     }
     for skipped_config, reason in skipped.items():
         log(f"{skipped_config} skipped: {reason}")

@@ -507,23 +507,30 @@ def _unlinked_library_files(python_dir: Path, library: str) -> list[Path]:
 
 
 def compile_bytecode(python313: Path, stage_dir: Path, log: Logger) -> int:
-    """Compile .pyc for 3.13, recording /opt/python/... as the source path, independent of file times."""
+    """Compile the layer's .pyc for 3.13, recording /opt/python/... as the source path."""
     python_dir = stage_dir / "python"
+    compiled = compile_tree(python313, python_dir, strip=stage_dir, prefix=LAMBDA_LAYER_MOUNT)
+    log(f"  compiled {compiled} .pyc files with {python313}")
+    return compiled
+
+
+def compile_tree(python313: Path, tree: Path, *, strip: Path, prefix: str) -> int:
+    """Compile every module under ``tree`` with ``python313``, recording its path with ``strip`` replaced by
+    ``prefix`` (where Lambda will find it). ``unchecked-hash`` .pyc files are used whatever the source's
+    file time (zips and Lambda's extraction change it), and their bytes are the same on every build."""
     result = subprocess.run(
         [
             str(python313), "-I", "-m", "compileall", "-q", "-j0",
             "--invalidation-mode", "unchecked-hash",
-            "-s", str(stage_dir), "-p", LAMBDA_LAYER_MOUNT,
-            str(python_dir),
+            "-s", str(strip), "-p", prefix,
+            str(tree),
         ],
         capture_output=True,
         text=True,
     )  # fmt: skip
     if result.returncode != 0:
         raise LayerBuildError(f"compileall failed:\n{result.stdout}{result.stderr}")
-    compiled = sum(1 for _ in python_dir.rglob("*.pyc"))
-    log(f"  compiled {compiled} .pyc files with {python313}")
-    return compiled
+    return sum(1 for _ in tree.rglob("*.pyc"))
 
 
 def write_deterministic_zip(stage_dir: Path, zip_path: Path) -> tuple[int, int]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from aws_cdk import Annotations, Duration, RemovalPolicy, Stack
+import jsii
+from aws_cdk import Annotations, BundlingOptions, DockerImage, Duration, ILocalBundling, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -17,20 +19,26 @@ from modelship.core.identity import METRICS_NAMESPACE, SERVICE_NAME
 from infra.constructs.model_bucket import MODELS_PREFIX
 from infra.constructs.prebuilt_layer import LAMBDA_RUNTIME, lambda_architecture
 from infra.nag import acknowledge, nag_resource_id
+from layers.function_asset import ASSET_EXCLUDES, python313_or_reason, stage_function_code
 
 HANDLER = "inference.app.handler"  # docs/contracts.md
 LIVE_ALIAS_NAME = "live"
-# The asset is functions/ (core + entry) and nothing a build or a test run leaves behind.
-ASSET_EXCLUDES = (
-    "**/__pycache__",
-    "**/*.pyc",
-    "**/*.egg-info",
-    "**/tests",
-    "**/.pytest_cache",
-    "**/.mypy_cache",
-    "**/.ruff_cache",
-    "**/.DS_Store",
-)
+
+
+@jsii.implements(ILocalBundling)
+class CompiledFunctionCode:
+    """Stages functions/ with python3.13 bytecode (layers/function_asset.py), here, without Docker. CDK
+    bundles once per source fingerprint, however many stacks use the asset."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.compiled = 0
+        self.without_bytecode_because = ""
+
+    def try_bundle(self, output_dir: str, options: BundlingOptions) -> bool:
+        python313, self.without_bytecode_because = python313_or_reason()
+        self.compiled = stage_function_code(self.source, Path(output_dir), python313)
+        return True
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class InferenceFunction(Construct):
             # Loaded during init, so with SnapStart the models are inside the snapshot.
             environment["MODELSHIP_PRELOAD"] = ",".join(props.preload)
 
+        bundler = CompiledFunctionCode(props.functions_dir)
         self.function = lambda_.Function(
             self,
             "Function",
@@ -89,7 +98,7 @@ class InferenceFunction(Construct):
             runtime=LAMBDA_RUNTIME,
             architecture=lambda_architecture(props.architecture),
             handler=HANDLER,
-            code=lambda_.Code.from_asset(str(props.functions_dir), exclude=list(ASSET_EXCLUDES)),
+            code=self._compiled_code(bundler),
             layers=list(props.layers),
             memory_size=props.memory_mb,
             timeout=Duration.seconds(props.timeout_seconds),
@@ -100,6 +109,12 @@ class InferenceFunction(Construct):
             reserved_concurrent_executions=props.reserved_concurrency,
             snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if props.snapstart else None,
         )
+        if bundler.without_bytecode_because:  # bundled just now, when the function bound its code
+            Annotations.of(self.function).add_warning_v2(
+                "modelship:functionBytecode",
+                "the function's code ships without .pyc files, so Lambda compiles modelship at every cold "
+                f"start: {bundler.without_bytecode_because}",
+            )
         self.version = self.function.current_version
         self.alias = lambda_.Alias(self, "LiveAlias", alias_name=LIVE_ALIAS_NAME, version=self.version)
         if props.snapstart:
@@ -111,6 +126,19 @@ class InferenceFunction(Construct):
             )
 
         self._acknowledge_findings(props.model_bucket)
+
+    @staticmethod
+    def _compiled_code(bundler: CompiledFunctionCode) -> lambda_.Code:
+        return lambda_.Code.from_asset(
+            str(bundler.source),
+            exclude=list(ASSET_EXCLUDES),
+            # Never pulled: local bundling always succeeds, and no Docker engine is needed.
+            bundling=BundlingOptions(
+                image=DockerImage.from_registry("local-bundling-only"),
+                # jsii's stub spells the options as keywords, but the kernel passes them as one struct.
+                local=cast(ILocalBundling, bundler),
+            ),
+        )
 
     def _acknowledge_findings(self, bucket: s3.IBucket) -> None:
         acknowledge(

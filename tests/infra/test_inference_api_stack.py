@@ -116,8 +116,10 @@ def test_alternate_options_reach_the_function(alternate_api_template: Template) 
         assert log_group["DeletionPolicy"] == "Delete"
 
 
-def test_function_asset_is_core_and_entry_only(default_app: App) -> None:
-    """The function's code asset holds functions/ minus caches, bytecode, egg-info and tests."""
+def test_function_asset_is_core_and_entry_with_python313_bytecode(default_app: App) -> None:
+    """The function's code asset holds functions/ minus caches, egg-info and tests, plus one 3.13 .pyc per
+    module: unchecked-hash (used whatever the zip's file times; /var/task is read-only, so a missing one
+    would be compiled at every cold start), naming its source under /var/task."""
     api_stack = stack(default_app, "modelship-prod-api")
     assembly = default_app.synth()
     _, function = only(dict(resources(Template.from_stack(api_stack), "AWS::Lambda::Function")))
@@ -126,14 +128,22 @@ def test_function_asset_is_core_and_entry_only(default_app: App) -> None:
     assert asset_dir.is_dir(), f"the function asset {asset_dir} was not staged"
     files = [path.relative_to(asset_dir).as_posix() for path in asset_dir.rglob("*") if path.is_file()]
     assert files, "the function asset is empty"
-    offenders = [
-        name
-        for name in files
-        if "__pycache__" in name or name.endswith(".pyc") or ".egg-info" in name or "/tests/" in f"/{name}"
-    ]
+    offenders = [name for name in files if ".egg-info" in name or "/tests/" in f"/{name}"]
     assert offenders == []
     top_level = {name.split("/")[0] for name in files}
     assert top_level <= {"modelship", "inference"}, top_level
+
+    sources = sorted(name for name in files if name.endswith(".py"))
+    compiled = {name for name in files if name.endswith(".pyc")}
+    expected = {
+        f"{directory}/__pycache__/{stem}.cpython-313.pyc"
+        for directory, _, file_name in (source.rpartition("/") for source in sources)
+        for stem in [file_name.removesuffix(".py")]
+    }
+    assert compiled == expected
+    app_pyc = (asset_dir / "inference" / "__pycache__" / "app.cpython-313.pyc").read_bytes()
+    assert int.from_bytes(app_pyc[4:8], "little") == 0b01  # PEP 552: hash-based, source not checked
+    assert b"/var/task/inference/app.py" in app_pyc
 
 
 # --- IAM ----------------------------------------------------------------------------------------------
