@@ -33,10 +33,13 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Create the virtualenv with every Python dependency
 
 node_modules/.installed: package.json
+	@bash scripts/check-node.sh
 	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
-node: node_modules/.installed ## Install the pinned CDK command-line tools
+# node comes before venv in the targets below: a too-old Node fails at once, not after the venv's install.
+node: node_modules/.installed ## Install the pinned CDK command-line tools (needs Node >= 20; see scripts/check-node.sh)
+	@bash scripts/check-node.sh --quiet
 
 serve: $(VENV)/.serve-installed ## Serve the bundled default model (or STORE=...) on http://$(HOST):$(PORT)
 	$(VENV)/bin/modelship serve --host $(HOST) --port $(PORT) $(if $(STORE),--store $(STORE),)
@@ -50,7 +53,7 @@ test-fast: venv ## Unit and functional tests, without those marked slow or netwo
 lint: venv ## ruff, mypy (strict on modelship) and the import contracts (lint-imports)
 	bash scripts/test.sh lint
 
-integration: venv node ## LocalStack integration tests: fresh LocalStack, deploy, test, tear down
+integration: node venv ## LocalStack integration tests: fresh LocalStack, deploy, test, tear down
 	bash scripts/test.sh integration
 
 reliability: venv ## Reliability and security suite with figures (bounded); writes docs/reliability.md
@@ -62,8 +65,8 @@ fuzz: venv ## Long property-based fuzzing of the parsers (about 35 minutes; HYPO
 layer: venv ## Build the onnxruntime + numpy Lambda layer: make layer ARCH=x86_64|arm64
 	$(PY) layers/build_layer.py --arch $(ARCH)
 
-synth: venv node ## Synthesize the CDK app offline into cdk.out/
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npx cdk synth --quiet
+synth: node venv ## Synthesize the CDK app offline into cdk.out/ (full log: build/synth.log)
+	@bash scripts/synth.sh
 
 localstack-up: ## Start LocalStack on 127.0.0.1:4566 on the host (no Docker); idempotent
 	bash scripts/localstack.sh up
@@ -71,8 +74,8 @@ localstack-up: ## Start LocalStack on 127.0.0.1:4566 on the host (no Docker); id
 localstack-down: ## Stop LocalStack and its Lambda processes; idempotent
 	bash scripts/localstack.sh down
 
-deploy-local: venv node ## Deploy the CDK app to LocalStack and push the default model
-	bash scripts/deploy-local.sh
+deploy-local: node venv ## Deploy the CDK app to LocalStack, push the default model, write .localstack/env.sh
+	@bash scripts/deploy-local.sh
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[bench]'

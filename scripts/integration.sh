@@ -4,10 +4,10 @@
 #   app with scripts/deploy-local.sh), and always stop LocalStack again.
 # Exit status: pytest's, except that "no tests collected" (5) is a failure here: these tests must exist.
 # Extra arguments go to pytest (e.g. -k binary).
-set -uo pipefail
+set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "${ROOT}"
+cd "${ROOT}" || exit 1
 STATE_DIR="${LOCALSTACK_STATE_DIR:-${ROOT}/.localstack}"
 # Bounds the whole pytest run; each request and deploy step has its own, shorter, timeout.
 PYTEST_TIMEOUT="${INTEGRATION_TIMEOUT:-1800}"

@@ -3,7 +3,8 @@
 #
 # LocalStack runs from its own Python 3.13 virtualenv (.venv-localstack), with the pins it needs and
 # our Lambda runtime executor (tests/localstack_executor), which runs each Lambda execution
-# environment as a local process. See docs/localstack.md.
+# environment as a local process. It starts through scripts/localstack_main.py: LocalStack's own main,
+# with API Gateway passing request bodies through unchanged, as AWS does. See docs/localstack.md.
 #
 # up     create the virtualenvs if needed, start LocalStack on 127.0.0.1:4566, wait for health (idempotent)
 # down   stop LocalStack by pid (SIGTERM, bounded wait, SIGKILL) and every Lambda process it started (idempotent)
@@ -88,7 +89,8 @@ running_pid() {
   local pid
   pid="$(cat "${PID_FILE}")"
   [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q 'localstack.runtime.main' || return 1
+  tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q -e 'localstack_main.py' -e 'localstack.runtime.main' \
+    || return 1
   echo "${pid}"
 }
 
@@ -169,7 +171,7 @@ cmd_up() {
       CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES=1 \
       NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,${NO_PROXY}}" \
       no_proxy="127.0.0.1,localhost${no_proxy:+,${no_proxy}}" \
-      setsid "${VENV}/bin/python" -m localstack.runtime.main
+      setsid "${VENV}/bin/python" "${ROOT}/scripts/localstack_main.py"
   ) </dev/null >>"${LOG_FILE}" 2>&1 &
   pid=$!
   echo "${pid}" >"${PID_FILE}"

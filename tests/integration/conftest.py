@@ -49,8 +49,8 @@ def localstack() -> str:
 
 
 @pytest.fixture(scope="session")
-def deployment(localstack: str, timings: Timings) -> Iterator[Deployment]:
-    """Deploys the real CDK app with scripts/deploy-local.sh, exactly as `make deploy-local` does."""
+def deploy_local(localstack: str, timings: Timings) -> subprocess.CompletedProcess[str]:
+    """scripts/deploy-local.sh, run once as `make deploy-local` runs it: its output is what a user sees."""
     started = time.perf_counter()
     completed = subprocess.run(
         ["bash", str(ROOT / "scripts" / "deploy-local.sh")],
@@ -66,8 +66,14 @@ def deployment(localstack: str, timings: Timings) -> Iterator[Deployment]:
             f"deploy-local.sh failed ({completed.returncode}):\n"
             f"{completed.stdout[-4000:]}\n{completed.stderr[-8000:]}"
         )
-    details = json.loads((STATE_DIR / "deployment.json").read_text())
     timings.record("deploy_local_total_ms", round((time.perf_counter() - started) * 1000))
+    return completed
+
+
+@pytest.fixture(scope="session")
+def deployment(deploy_local: subprocess.CompletedProcess[str], timings: Timings) -> Iterator[Deployment]:
+    """The real CDK app, deployed by scripts/deploy-local.sh, as .localstack/deployment.json describes it."""
+    details = json.loads((STATE_DIR / "deployment.json").read_text())
     timings.record("cdk_deploy_ms", details.get("timings_ms", {}).get("cdk_deploy"))
     yield Deployment(
         base_url=details["base_url"],
