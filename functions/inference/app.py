@@ -8,8 +8,9 @@ SnapStart snapshot).
 The glue around each invocation is what Powertools' ``inject_lambda_context`` and ``log_metrics``
 decorators do, written for this handler so that a warm request does only the work that changes between
 invocations: the same log keys and correlation id on every line, the same EMF document printed before
-the invocation returns, the same ColdStart metric. Anything out of the ordinary (no metrics, metrics
-disabled, extra dimensions or metadata, a custom timestamp) goes through Powertools' own flush.
+the invocation returns, the same ColdStart metric. Anything out of the ordinary (metrics disabled, extra
+dimensions or metadata, a custom timestamp) goes through Powertools' own flush; no metrics, no flush (and
+no "No application metrics to publish" warning).
 """
 
 from __future__ import annotations
@@ -104,9 +105,12 @@ def flush_metrics() -> None:
     dimension); any other state is Powertools' to serialize, validate and warn about."""
     provider = metrics.provider
     metric_set = provider.metric_set
+    if not metric_set:
+        # Nothing to publish (a health check, metadata, an error before a run): Powertools would only
+        # warn "No application metrics to publish", once per environment, and change nothing.
+        return
     if (
-        not metric_set
-        or _METRICS_DISABLED
+        _METRICS_DISABLED
         or provider.dimension_set
         or provider.dimension_sets
         or provider.metadata_set

@@ -344,6 +344,7 @@ def test_new_model_version_is_deployed_and_served(device: Device) -> None:
         str(device.workdir / "default" / "iris.labels.json"),
         "--store",
         STORE,
+        "--force",  # the same bytes again: a new version all the same
     )
     previous = device.inference_version
     version = package_and_publish(device, device.workdir / "package-2", ["iris", "identity"])

@@ -65,6 +65,7 @@ def pushed(s3: object, env: dict[str, str], tmp_path_factory: pytest.TempPathFac
             str(exported / "iris.labels.json"),
             "--store",
             STORE,
+            "--force",  # the same bytes again: a second version all the same
             env=env,
             check=True,
         )

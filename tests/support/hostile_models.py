@@ -8,6 +8,7 @@ the test writes itself.
 from __future__ import annotations
 
 import numpy as np
+from modelship.core.model_checks import encode_field
 from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 IR_VERSION = 8
@@ -242,24 +243,12 @@ def deeply_nested(depth: int) -> bytes:
     """Graphs nested ``depth`` deep (graph → node → attribute → graph ...), written at the wire level:
     the protobuf library itself refuses to build this, a hostile writer need not."""
 
-    def field(number: int, payload: bytes) -> bytes:
-        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
     graph = b""
     for _ in range(depth):
-        attribute = field(6, graph)  # AttributeProto.g
-        node = field(5, attribute)  # NodeProto.attribute
-        graph = field(1, node)  # GraphProto.node
-    return field(7, graph)  # ModelProto.graph
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+        attribute = encode_field(6, graph)  # AttributeProto.g
+        node = encode_field(5, attribute)  # NodeProto.attribute
+        graph = encode_field(1, node)  # GraphProto.node
+    return encode_field(7, graph)  # ModelProto.graph
 
 
 def broken_files(good: bytes) -> dict[str, bytes]:

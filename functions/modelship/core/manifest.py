@@ -40,6 +40,48 @@ class TensorSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Conversion:
+    """How ``push --convert`` made the published bytes: from which original, to which versions, with
+    what, and what was checked."""
+
+    original_sha256: str
+    original_ir_version: int
+    original_opset: dict[str, int]
+    ir_version: int
+    opset: dict[str, int]
+    converter: str
+    checked: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "original_sha256": self.original_sha256,
+            "original_ir_version": self.original_ir_version,
+            "original_opset": self.original_opset,
+            "ir_version": self.ir_version,
+            "opset": self.opset,
+            "converter": self.converter,
+            "checked": self.checked,
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> Conversion:
+        if not isinstance(document, dict):
+            raise TypeError("'conversion' must be an object")
+        original_sha256 = _require(document, "original_sha256", str)
+        if not _SHA256_HEX.fullmatch(original_sha256):
+            raise ValueError("'conversion' has an invalid original_sha256")
+        return cls(
+            original_sha256=original_sha256,
+            original_ir_version=_require(document, "original_ir_version", int),
+            original_opset=_opsets(_require(document, "original_opset", dict)),
+            ir_version=_require(document, "ir_version", int),
+            opset=_opsets(_require(document, "opset", dict)),
+            converter=_require(document, "converter", str),
+            checked=_require(document, "checked", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     name: str
     version: int
@@ -51,9 +93,11 @@ class Manifest:
     labels: tuple[str, ...] | None = None
     producer: dict[str, str] = field(default_factory=dict)
     opset: dict[str, int] = field(default_factory=dict)
+    # Only for a model that push --convert converted; absent from the JSON otherwise.
+    conversion: Conversion | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "name": self.name,
             "version": self.version,
@@ -66,6 +110,9 @@ class Manifest:
             "opset": self.opset,
             "created": self.created,
         }
+        if self.conversion is not None:
+            document["conversion"] = self.conversion.to_json()
+        return document
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
@@ -88,7 +135,8 @@ class Manifest:
                 created=_require(document, "created", str),
                 labels=_labels(document.get("labels")),
                 producer={str(k): str(v) for k, v in dict(document.get("producer") or {}).items()},
-                opset={str(k): int(v) for k, v in dict(document.get("opset") or {}).items()},
+                opset=_opsets(document.get("opset") or {}),
+                conversion=Conversion.from_json(document["conversion"]) if "conversion" in document else None,
             )
         except (orjson.JSONDecodeError, TypeError, ValueError, KeyError) as error:
             raise ModelUnavailable(f"{where} is malformed: {error}") from None
@@ -110,6 +158,10 @@ def _require(document: Any, key: str, kind: type) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"{key!r} must be {kind.__name__}")
     return value
+
+
+def _opsets(value: Any) -> dict[str, int]:
+    return {str(domain): int(version) for domain, version in dict(value).items()}
 
 
 def _specs(items: list[Any]) -> tuple[TensorSpec, ...]:

@@ -12,6 +12,7 @@ payloads without copying them, and bounds its own nesting, so a hostile file can
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 # How deep graphs may nest (If/Loop/Scan bodies inside each other). Real models nest a handful, and
@@ -43,6 +44,8 @@ _CHILDREN: Final[dict[int, dict[int, int]]] = {
 _TENSOR_EXTERNAL_DATA: Final = 13
 _TENSOR_DATA_LOCATION: Final = 14
 _DATA_LOCATION_EXTERNAL: Final = 1
+# The default operator set's name in manifests and messages (onnx.proto writes it as "").
+DEFAULT_DOMAIN: Final = "ai.onnx"
 
 
 class ModelRefused(ValueError):
@@ -72,25 +75,48 @@ def unranked_tensors(data: bytes | memoryview) -> frozenset[str]:
     return frozenset(names)
 
 
+def declared_versions(data: bytes | memoryview) -> tuple[int, dict[str, int]]:
+    """The model's IR version and its opset imports (domain → version, the default domain named
+    ``ai.onnx``), as declared in ``ModelProto``, read without the onnx package. Reads only the top-level
+    message; ``ModelRefused`` if that is not well-formed protobuf."""
+    view = memoryview(data)
+    ir_versions = _varint_fields(view, 1)  # ModelProto.ir_version
+    opsets: dict[str, int] = {}
+    for entry in _fields(view, 8):  # ModelProto.opset_import: OperatorSetIdProto
+        domain = bytes(next(iter(_fields(entry, 1)), b"")).decode("utf-8", "replace")  # domain
+        versions = _varint_fields(entry, 2)  # version
+        opsets[domain or DEFAULT_DOMAIN] = versions[-1] if versions else 0
+    return (ir_versions[-1] if ir_versions else 0), opsets
+
+
+def _varint_fields(view: memoryview, wanted: int) -> list[int]:
+    """The varint occurrences of field ``wanted`` in one message, in order."""
+    return [value for field, value in _scan(view) if field == wanted and isinstance(value, int)]
+
+
 def _fields(view: memoryview, wanted: int) -> list[memoryview]:
     """The length-delimited occurrences of field ``wanted`` in one message, in order."""
-    found = []
+    return [value for field, value in _scan(view) if field == wanted and isinstance(value, memoryview)]
+
+
+def _scan(view: memoryview) -> Iterator[tuple[int, int | memoryview]]:
+    """Each field of one message: its number and value, a varint's integer or a length-delimited field's
+    bytes (fixed-width fields are skipped)."""
     position, end = 0, len(view)
     while position < end:
         key, position = _varint(view, position)
         wire_type = key & 7
         if wire_type == _VARINT:
-            _, position = _varint(view, position)
+            value, position = _varint(view, position)
+            yield key >> 3, value
         elif wire_type == _LENGTH_DELIMITED:
             length, position = _varint(view, position)
-            if key >> 3 == wanted:
-                found.append(view[position : position + length])
+            yield key >> 3, view[position : position + length]
             position += length
         elif wire_type in (_FIXED64, _FIXED32):
             position += 8 if wire_type == _FIXED64 else 4
         else:
             raise ModelRefused(f"not a valid ONNX model (malformed protobuf: wire type {wire_type})")
-    return found
 
 
 def _walk(view: memoryview, kind: int, depth: int) -> None:
@@ -138,6 +164,26 @@ def _varint(view: memoryview, position: int) -> tuple[int, int]:
         if byte < 0x80:
             return result, position
         shift += 7
+
+
+def encode_varint(value: int) -> bytes:
+    """A non-negative integer in the protobuf varint encoding."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def encode_varint_field(number: int, value: int) -> bytes:
+    """An integer field (int32, int64, an enum): key, varint."""
+    return encode_varint(number << 3 | _VARINT) + encode_varint(value)
+
+
+def encode_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (a sub-message, bytes, a string): key, length, payload."""
+    return encode_varint(number << 3 | _LENGTH_DELIMITED) + encode_varint(len(payload)) + payload
 
 
 def _external_data_refused() -> ModelRefused:

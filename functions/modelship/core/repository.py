@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from modelship.core.blobs import (
     BlobNotFound,
@@ -24,6 +24,9 @@ from modelship.core.errors import Conflict, IntegrityError, InvalidModel, ModelU
 from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
 from modelship.core.names import MAX_VERSION, is_valid_model_name, validate_model_name, version_from_text
 from modelship.core.settings import DEFAULT_MAX_MODEL_BYTES
+
+if TYPE_CHECKING:
+    from modelship.core.conversion import Converted
 
 logger = logging.getLogger(__name__)
 
@@ -177,14 +180,31 @@ class ModelRepository:
             # The cache is an optimisation; a full /tmp must not fail the request.
             logger.warning("cannot cache %s: %s", path, error)
 
+    def latest_holding(self, name: str, sha256: str, labels: Sequence[str] | None = None) -> Manifest | None:
+        """The latest version of ``name`` if it already holds the bytes of this sha256 (as published, or
+        as the original that ``push --convert`` converted) and these labels; else None."""
+        versions = self.versions(name)
+        if not versions:
+            return None
+        latest = self.read_manifest(name, versions[-1])
+        originals = {latest.sha256} | ({latest.conversion.original_sha256} if latest.conversion else set())
+        same_labels = latest.labels == (tuple(labels) if labels is not None else None)
+        return latest if sha256 in originals and same_labels else None
+
     def push(
         self,
         model_path: Path,
         name: str,
         version: int | None = None,
         labels: Sequence[str] | None = None,
+        *,
+        convert: bool = False,
     ) -> Manifest:
-        """Validate with onnxruntime, then write the model and, last, the manifest that makes it visible."""
+        """Validate with onnxruntime, then write the model and, last, the manifest that makes it visible.
+
+        ``convert``: a model newer than onnxruntime loads is first converted (``core.conversion``, with
+        the onnx package), and the converted bytes are published, the conversion recorded.
+        """
         validate_model_name(name)
         if version is not None and not 1 <= version <= MAX_VERSION:
             raise InvalidModel(f"version must be a positive integer, got {version}")
@@ -192,7 +212,12 @@ class ModelRepository:
         if size > self.max_model_bytes:
             raise InvalidModel(f"{model_path} is {size} bytes, over the {self.max_model_bytes}-byte limit")
         data = model_path.read_bytes()
-        manifest = describe_model(data, name, version or 1, labels)
+        conversion = None
+        if convert:
+            converted = _convert(data)
+            if converted is not None:
+                data, conversion = converted.data, converted.conversion
+        manifest = replace(describe_model(data, name, version or 1, labels), conversion=conversion)
         if version is not None:
             if version in self.versions(name):
                 raise Conflict(
@@ -245,17 +270,49 @@ def verify_bytes(data: bytes, manifest: Manifest) -> None:
         )
 
 
+def _convert(data: bytes) -> Converted | None:
+    from modelship.core.conversion import convert_for_runtime
+    from modelship.core.model_checks import ModelRefused
+    from modelship.core.onnx_versions import runtime_limits
+
+    limits = runtime_limits()
+    if limits is None:
+        raise InvalidModel(
+            "cannot convert: the bundled onnxruntime's IR version and opset could not be probed"
+        )
+    try:
+        return convert_for_runtime(data, limits)
+    except ModelRefused as error:
+        raise InvalidModel(f"refused: {error}") from None
+
+
+def _refuse_too_new(data: bytes) -> None:
+    """``InvalidModel`` naming the model's IR version and opsets and the highest onnxruntime loads, if
+    they are newer: onnxruntime's own message names neither the opset nor what to do."""
+    from modelship.core.onnx_versions import read_versions, refusal, runtime_limits
+
+    limits = runtime_limits()
+    message = refusal(read_versions(data), limits) if limits is not None else None
+    if message is not None:
+        raise InvalidModel(message)
+
+
 def describe_model(data: bytes, name: str, version: int, labels: Sequence[str] | None) -> Manifest:
-    """Load the model with onnxruntime to prove it is servable, and read what the manifest records."""
+    """Load the model with onnxruntime to prove it is servable, and read what the manifest records.
+
+    A model newer than onnxruntime loads is refused first, with its versions and onnxruntime's."""
     from modelship.core.model_checks import ModelRefused
     from modelship.core.sessions import create_session, first_line, read_signature
     from modelship.core.signature import read_provenance
 
     try:
+        _refuse_too_new(data)
         session = create_session(data, threads=1)
         inputs, outputs = read_signature(session, data)
     except ModelRefused as error:
         raise InvalidModel(f"refused: {error}") from None
+    except InvalidModel:
+        raise
     except Exception as error:
         raise InvalidModel(f"onnxruntime cannot load the model: {first_line(error)}") from None
     if labels is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 import sys
@@ -81,10 +82,40 @@ def command_push(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {args.model} is not a file")
     repository = ModelRepository.open(args.store)
     labels = _read_labels(args.labels) if args.labels else None
-    print(f"validating {args.model} with onnxruntime and pushing to {repository.uri} ...", file=sys.stderr)
-    manifest = repository.push(args.model, args.name, args.version, labels)
+    if not args.force:
+        with args.model.open("rb") as model:
+            digest = hashlib.file_digest(model, "sha256").hexdigest()
+        existing = repository.latest_holding(args.name, digest, labels)
+        if existing is not None:
+            converted = existing.sha256 != digest
+            print(
+                f"{args.name} version {existing.version} already holds this model ("
+                f"{'converted from ' if converted else ''}the same bytes, the same labels): nothing pushed; "
+                "--force pushes it again as a new version",
+                file=sys.stderr,
+            )
+            _print_json(existing.to_json())
+            return 0
+    checks = "converting if needed, validating" if args.convert else "validating"
+    print(f"{checks} {args.model} with onnxruntime and pushing to {repository.uri} ...", file=sys.stderr)
+    manifest = repository.push(args.model, args.name, args.version, labels, convert=args.convert)
+    if manifest.conversion is not None:
+        conversion = manifest.conversion
+        print(
+            f"converted with {conversion.converter} from IR version {conversion.original_ir_version}, opset "
+            f"{_opsets(conversion.original_opset)} to IR version {conversion.ir_version}, opset "
+            f"{_opsets(conversion.opset)}; checked: {conversion.checked}",
+            file=sys.stderr,
+        )
+    elif args.convert:
+        print("no conversion needed: onnxruntime loads the model as it is", file=sys.stderr)
     _print_json(manifest.to_json())
+    print(f"pushed {manifest.name} version {manifest.version}", file=sys.stderr)
     return 0
+
+
+def _opsets(opsets: dict[str, int]) -> str:
+    return ", ".join(f"{domain} {version}" for domain, version in sorted(opsets.items()))
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -195,11 +226,9 @@ def command_infer(args: argparse.Namespace) -> int:
     specs = {spec["name"]: spec for spec in metadata.get("inputs", [])}
     inputs = {}
     for item in args.input:
-        name, separator, value = item.partition("=")
-        if not separator:
-            raise SystemExit(f"error: --input takes NAME=VALUE, got {item!r}")
-        if name not in specs:
-            raise SystemExit(f"error: {args.model} has no input {name!r}; inputs: {sorted(specs)}")
+        name, value = _input_argument(item, args.model, specs)
+        if name in inputs:
+            raise SystemExit(f"error: --input {name} is given twice")
         spec = specs[name]
         try:
             inputs[name] = parse_input_value(value, spec["datatype"], len(spec["shape"]))
@@ -216,6 +245,22 @@ def command_infer(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(format_response(response))
     return 0
+
+
+def _input_argument(item: str, model: str, specs: dict[str, Any]) -> tuple[str, str]:
+    """``NAME=VALUE``, or just ``VALUE`` (``@file.npy``, ``@file.json``, JSON, numbers) for a model with
+    one input."""
+    name, separator, value = item.partition("=")
+    if separator and name and not name.startswith(("@", "[", "{", '"')):
+        if name not in specs:
+            raise SystemExit(f"error: {model} has no input {name!r}; inputs: {', '.join(sorted(specs))}")
+        return name, value
+    if len(specs) != 1:
+        raise SystemExit(
+            f"error: --input {item[:60]!r} names no input, and {model} has {len(specs)} inputs "
+            f"({', '.join(sorted(specs))}): write --input NAME=VALUE for each"
+        )
+    return next(iter(specs)), item
 
 
 def _model_reference(text: str) -> tuple[str, int | None]:
@@ -324,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate an ONNX model and publish it as a new version",
         description="Load MODEL with onnxruntime to prove it is servable, read its signature, then write "
         "models/NAME/VERSION/model.onnx and, last, manifest.json (so a half-written version is never "
-        "visible). Prints the manifest.",
+        "visible). Prints the manifest. A model whose IR version or opset is newer than the bundled "
+        "onnxruntime loads is refused with both named, unless --convert converts it. If the latest version "
+        "already holds the same bytes and labels, nothing is pushed (unless --force).",
     )
     push.add_argument("model", type=Path, metavar="MODEL.onnx", help="the ONNX model file")
     push.add_argument("--name", required=True, help="model name: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, no '..'")
@@ -342,6 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="class labels: a JSON list of strings, or one label per line",
+    )
+    push.add_argument(
+        "--convert",
+        action="store_true",
+        help="if onnxruntime cannot load the model's IR version or opset, convert it with the onnx package "
+        "(the local extra), check it and push the converted model, the conversion recorded in the manifest",
+    )
+    push.add_argument(
+        "--force",
+        action="store_true",
+        help="push a new version even if the latest version already holds the same bytes and labels",
     )
     push.set_defaults(run=command_push)
 
@@ -398,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="NAME=(VALUE|@file.npy|@file.json)",
-        help="an input tensor; repeat for several inputs",
+        help="an input tensor; repeat for several inputs. NAME= may be left out for a model with one input",
     )
     infer.add_argument("--output", action="append", metavar="NAME", help="request only these outputs")
     infer.add_argument("--binary", action="store_true", help="use the binary tensor data extension both ways")

@@ -69,6 +69,11 @@ class InferenceClient:
             except (orjson.JSONDecodeError, AttributeError):
                 message = raw[:500].decode("utf-8", "replace")
             raise ClientError(error.code, message) from None
+        except urllib.error.URLError as error:
+            reason = error.reason.strerror if isinstance(error.reason, OSError) else error.reason
+            raise ClientError(0, f"cannot reach {self.base_url}: {reason or error.reason}") from None
+        except TimeoutError:
+            raise ClientError(0, f"no answer from {self.base_url} within {self.timeout:g} s") from None
 
     def model_path(self, model: str, version: int | None) -> str:
         return f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
@@ -166,17 +171,7 @@ def format_response(document: dict[str, Any]) -> str:
 def parse_input_value(value: str, datatype: str, expected_rank: int) -> np.ndarray:
     """``@file.npy``, ``@file.json`` (a list, or {"data", "shape"}) or an inline JSON value."""
     if value.startswith("@"):
-        path = Path(value[1:])
-        if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            document = orjson.loads(path.read_bytes())
-            if isinstance(document, dict):
-                array = np.asarray(document["data"])
-                if "shape" in document:
-                    array = array.reshape(document["shape"])
-            else:
-                array = np.asarray(document)
+        array = _read_input_file(Path(value[1:]))
     elif value.lstrip().startswith(("[", "{")):
         try:
             array = np.asarray(orjson.loads(value))
@@ -200,15 +195,53 @@ def parse_input_value(value: str, datatype: str, expected_rank: int) -> np.ndarr
     return converted
 
 
+def _read_input_file(path: Path) -> np.ndarray:
+    """``file.npy``, or ``file.json``: a list, or an object with ``data`` and, optionally, ``shape``."""
+    try:
+        if path.suffix == ".npy":
+            loaded: np.ndarray = np.load(path, allow_pickle=False)
+            return loaded
+        document = orjson.loads(path.read_bytes())
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    except ValueError as error:  # numpy: not an .npy file, or one holding Python objects
+        raise ValueError(f"{path} is not a numeric .npy file: {error}") from None
+    if not isinstance(document, dict):
+        return np.asarray(document)
+    if "data" not in document:
+        raise ValueError(
+            f'{path} holds an object without "data": expected a list, or {{"data": ..., "shape": ...}}'
+        )
+    try:
+        array = np.asarray(document["data"])
+        return array.reshape(document["shape"]) if "shape" in document else array
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
 def _sign(method: str, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
-    import botocore.session
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
+    try:
+        import botocore.session
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+    except ImportError:
+        raise ClientError(
+            0, "--sigv4 needs botocore: install the s3 extra (pip install -e '.[s3]')"
+        ) from None
 
     session = botocore.session.get_session()
-    credentials = session.get_credentials()
+    try:
+        credentials = session.get_credentials()
+    except Exception as error:  # botocore's own: a profile that does not exist, a broken config file
+        raise ClientError(0, f"no AWS credentials found for --sigv4: {error}") from None
     if credentials is None:
-        raise ClientError(0, "--sigv4 needs AWS credentials (environment, profile or instance role)")
+        raise ClientError(
+            0,
+            "no AWS credentials found for --sigv4: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "AWS_PROFILE, or run where an instance role provides them",
+        )
     match = _EXECUTE_API_HOST.search(url)
     region = (
         (match.group(1) if match else None)
