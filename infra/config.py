@@ -5,7 +5,8 @@ has a default, so ``cdk synth`` needs no context at all. Override with ``-c key=
 command line arrive as strings, values from ``cdk.json`` may be typed JSON, and an empty value means the
 default. Any other key, however spelt (``Memory``, ``log-retention-days``), is an error; only CDK's own
 keys pass. Every invalid value is reported at once, so one synth shows every mistake; the checks between
-values (the latency alarm against the timeout, the two layer zips) follow once each value is valid.
+values (the latency alarm against the timeout, the two layer zips, provisioned against reserved
+concurrency, options that need another) follow once each value is valid.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 from modelship.core.errors import BadRequest
 from modelship.core.names import parse_model_references
@@ -65,6 +66,23 @@ EDGE_PACKAGE_COMMAND = "modelship edge package --store s3://BUCKET/PREFIX --mode
 # every lookup key holds a colon, which none of ours does).
 _FOREIGN_KEY_PATTERN = re.compile(r"^(?:@|aws:|acknowledged-issue-numbers$|cli-telemetry$)|:")
 _BULLET = "\n  - "
+# CodeDeploy's predefined Lambda deployment configurations (CodeDeployDefault.<name>), each with the name
+# of its aws_codedeploy.LambdaDeploymentConfig constant. `-c canary=true` means the first canary.
+LAMBDA_DEPLOYMENT_CONFIGS: Final = {
+    "LambdaCanary10Percent5Minutes": "CANARY_10_PERCENT_5_MINUTES",
+    "LambdaCanary10Percent10Minutes": "CANARY_10_PERCENT_10_MINUTES",
+    "LambdaCanary10Percent15Minutes": "CANARY_10_PERCENT_15_MINUTES",
+    "LambdaCanary10Percent30Minutes": "CANARY_10_PERCENT_30_MINUTES",
+    "LambdaLinear10PercentEvery1Minute": "LINEAR_10_PERCENT_EVERY_1_MINUTE",
+    "LambdaLinear10PercentEvery2Minutes": "LINEAR_10_PERCENT_EVERY_2_MINUTES",
+    "LambdaLinear10PercentEvery3Minutes": "LINEAR_10_PERCENT_EVERY_3_MINUTES",
+    "LambdaLinear10PercentEvery10Minutes": "LINEAR_10_PERCENT_EVERY_10_MINUTES",
+    "LambdaAllAtOnce": "ALL_AT_ONCE",
+}
+DEFAULT_CANARY: Final = "LambdaCanary10Percent5Minutes"
+_CODEDEPLOY_DEFAULT_PREFIX = "CodeDeployDefault."
+# Application Auto Scaling's target tracking on ProvisionedConcurrencyUtilization accepts 0.1 to 0.9.
+PROVISIONED_UTILIZATION_RANGE: Final = (0.1, 0.9)
 
 
 class ConfigError(ValueError):
@@ -142,6 +160,32 @@ def _preload(value: object) -> tuple[str, ...]:
     return tuple(name if version is None else f"{name}:{version}" for name, version in references)
 
 
+def _canary(value: object) -> str | None:
+    """true/false, or a predefined CodeDeploy Lambda configuration by name (``CodeDeployDefault.`` optional,
+    any case): the configuration's short name, or None for no CodeDeploy at all."""
+    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in TRUE_WORDS | FALSE_WORDS):
+        return DEFAULT_CANARY if _boolean(value) else None
+    if isinstance(value, str):
+        wanted = value.strip().removeprefix(_CODEDEPLOY_DEFAULT_PREFIX).lower()
+        for name in LAMBDA_DEPLOYMENT_CONFIGS:
+            if name.lower() == wanted:
+                return name
+    raise _problem(
+        "must be true (CodeDeployDefault." + DEFAULT_CANARY + "), false, or one of CodeDeploy's predefined "
+        "Lambda configurations: " + ", ".join(LAMBDA_DEPLOYMENT_CONFIGS)
+    )
+
+
+def _smoke_model(value: object) -> str | None:
+    """One model reference (name or name:version), by the runtime's grammar; off (or none): no hook."""
+    if isinstance(value, str) and value.strip().lower() in {"none", "off"}:
+        return None
+    references = _preload(value) if isinstance(value, str) else ()
+    if len(references) != 1:
+        raise _problem("must be one model reference (name or name:version), or off")
+    return references[0]
+
+
 def _zip_file(value: object) -> Path:
     if not isinstance(value, str):
         raise _problem("must be a path to a .zip file")
@@ -165,6 +209,7 @@ def _edge_package(value: object) -> Path | None:
 
 
 Integer = BeforeValidator(_integer)
+OptionalInteger = BeforeValidator(_optional_integer)
 Boolean = BeforeValidator(_boolean)
 ZipFile = BeforeValidator(_zip_file)
 StageName = _check(
@@ -195,7 +240,17 @@ class DeployConfig(BaseModel):
     auth: AuthMode = "iam"
     throttle_rate: Annotated[float, BeforeValidator(_number), _between(1, 10000)] = 100.0
     throttle_burst: Annotated[int, Integer, _between(1, 5000)] = 200
-    reserved_concurrency: Annotated[int | None, BeforeValidator(_optional_integer), _between(1, 10000)] = None
+    reserved_concurrency: Annotated[int | None, OptionalInteger, _between(1, 10000)] = None
+    # Warm environments on the live alias, and Application Auto Scaling of them up to the max.
+    provisioned_concurrency: Annotated[int | None, OptionalInteger, _between(1, 10000)] = None
+    provisioned_concurrency_max: Annotated[int | None, OptionalInteger, _between(1, 10000)] = None
+    provisioned_concurrency_target: Annotated[
+        float, BeforeValidator(_number), _between(*PROVISIONED_UTILIZATION_RANGE)
+    ] = 0.7
+    # Releases through CodeDeploy (the configuration's short name), smoke-tested first on this model.
+    canary: Annotated[str | None, BeforeValidator(_canary)] = None
+    canary_smoke_model: Annotated[str | None, BeforeValidator(_smoke_model)] = "iris"
+    dashboard: Annotated[bool, Boolean] = False
     snapstart: Annotated[bool, Boolean] = False
     removal: Removal = "retain"
     log_retention_days: Annotated[int, Integer, _one_of(LOG_RETENTION_NAMES)] = 30
@@ -224,9 +279,47 @@ class DeployConfig(BaseModel):
                 f"thing_group_arn needs an edge package, but {missing}: "
                 f"make one with `{EDGE_PACKAGE_COMMAND}`"
             )
+        problems += self._capacity_problems()
+        if self.canary is None and "canary_smoke_model" in self.model_fields_set:
+            problems.append(
+                "canary_smoke_model is the pre-traffic check of a canary release: it needs canary"
+            )
         if problems:
             raise _problem(_BULLET.join(problems))
         return self
+
+    def _capacity_problems(self) -> list[str]:
+        provisioned, most, reserved = (
+            self.provisioned_concurrency,
+            self.provisioned_concurrency_max,
+            self.reserved_concurrency,
+        )
+        problems = []
+        if provisioned is None:
+            if most is not None:
+                problems.append("provisioned_concurrency_max needs provisioned_concurrency (the minimum)")
+            if "provisioned_concurrency_target" in self.model_fields_set:
+                problems.append("provisioned_concurrency_target needs provisioned_concurrency and its max")
+            return problems
+        if most is None and "provisioned_concurrency_target" in self.model_fields_set:
+            problems.append(
+                "provisioned_concurrency_target needs provisioned_concurrency_max: without it nothing scales"
+            )
+        if most is not None and most < provisioned:
+            problems.append(
+                f"provisioned_concurrency_max={most} is below provisioned_concurrency={provisioned}"
+            )
+        if reserved is not None:
+            problems += [
+                f"{key}={value} exceeds reserved_concurrency={reserved}: Lambda cannot provision more "
+                "environments than the function may ever run"
+                for key, value in (
+                    ("provisioned_concurrency", provisioned),
+                    ("provisioned_concurrency_max", most),
+                )
+                if value is not None and value > reserved
+            ]
+        return problems
 
     @property
     def functions_dir(self) -> Path:

@@ -32,6 +32,8 @@ ASSET_EXCLUDES = (
     "**/.mypy_cache",
     "**/.ruff_cache",
     "**/.DS_Store",
+    # CodeDeploy's pre-traffic hook: an asset of its own (infra/constructs/release.py), never the function's.
+    "pretraffic",
 )
 _IGNORED = shutil.ignore_patterns(*(pattern.removeprefix("**/") for pattern in ASSET_EXCLUDES))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aws_cdk import Duration
 from aws_cdk import aws_apigateway as apigw
@@ -32,6 +33,19 @@ class InferenceAlarmsProps:
     timeout_seconds: int
     latency_alarm_ms: int
     alarm_topic_arn: str | None
+    # The API alarms gate CodeDeploy releases (infra/constructs/release.py).
+    gates_release: bool = False
+
+
+def api_metric_options(stage: apigw.Stage, stage_name: str, *, by_name: bool) -> dict[str, Any]:
+    """One-minute options of a stage metric. ``by_name`` names the stage by its (known) name instead of a
+    Ref: CodeDeploy's alias UpdatePolicy refers to the deployment group, which refers to the alarms that
+    gate a release, and a Ref to the stage (stage -> deployment -> methods -> the alias) would close a
+    dependency cycle."""
+    options: dict[str, Any] = {"period": PERIOD}
+    if by_name:
+        options["dimensions_map"] = {"ApiName": stage.rest_api.rest_api_name, "Stage": stage_name}
+    return options
 
 
 class InferenceAlarms(Construct):
@@ -41,19 +55,22 @@ class InferenceAlarms(Construct):
         super().__init__(scope, construct_id)
         self.alarms: list[cloudwatch.Alarm] = []
         stage, function = props.stage, props.function
+        api_metric = api_metric_options(props.stage, props.stage_name, by_name=props.gates_release)
 
-        self._alarm(
+        server_errors = self._alarm(
             "ApiServerErrorRate",
-            stage.metric_server_error(statistic="Average", period=PERIOD),  # 5XXError is 0/1 per request
+            stage.metric_server_error(statistic="Average", **api_metric),  # 5XXError is 0/1 per request
             threshold=ERROR_RATE_THRESHOLD,
             description="More than 5 % of API requests answered 5xx (function errors, timeouts, throttling)",
         )
-        self._alarm(
+        latency = self._alarm(
             "ApiLatencyP99",
-            stage.metric_latency(statistic="p99", period=PERIOD),
+            stage.metric_latency(statistic="p99", **api_metric),
             threshold=props.latency_alarm_ms,
             description=f"API p99 latency above {props.latency_alarm_ms} ms",
         )
+        # What a client sees of a bad release: the alarms that stop a canary and roll it back.
+        self.release_alarms = (server_errors, latency)
         # API Gateway publishes no throttle metric; the access log's status 429 is the exact signal.
         throttled = logs.MetricFilter(
             self,

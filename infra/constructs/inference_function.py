@@ -25,6 +25,24 @@ HANDLER = "inference.app.handler"  # docs/contracts.md
 LIVE_ALIAS_NAME = "live"
 
 
+def role_writing_only_to(
+    scope: Construct, construct_id: str, log_group: logs.ILogGroup, *, description: str
+) -> iam.Role:
+    """A Lambda execution role with no managed policies: it may write to ``log_group`` and nothing else
+    until the caller grants more."""
+    role = iam.Role(
+        scope, construct_id, assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"), description=description
+    )
+    role.add_to_policy(
+        iam.PolicyStatement(
+            sid="WriteOwnLogGroup",
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[log_group.log_group_arn],
+        )
+    )
+    return role
+
+
 @jsii.implements(ILocalBundling)
 class CompiledFunctionCode:
     """Stages functions/ with python3.13 bytecode (layers/function_asset.py), here, without Docker. CDK
@@ -56,6 +74,10 @@ class InferenceFunctionProps:
     snapstart: bool
     log_retention: logs.RetentionDays
     removal_policy: RemovalPolicy
+    # Warm environments on the live alias; with a max, Application Auto Scaling tracks their utilization.
+    provisioned_concurrency: int | None = None
+    provisioned_concurrency_max: int | None = None
+    provisioned_concurrency_target: float = 0.7
 
 
 class InferenceFunction(Construct):
@@ -116,7 +138,20 @@ class InferenceFunction(Construct):
                 f"start: {bundler.without_bytecode_because}",
             )
         self.version = self.function.current_version
-        self.alias = lambda_.Alias(self, "LiveAlias", alias_name=LIVE_ALIAS_NAME, version=self.version)
+        self.alias = lambda_.Alias(
+            self,
+            "LiveAlias",
+            alias_name=LIVE_ALIAS_NAME,
+            version=self.version,
+            provisioned_concurrent_executions=props.provisioned_concurrency,
+        )
+        if props.provisioned_concurrency is not None and props.provisioned_concurrency_max is not None:
+            # Between the provisioned floor and the max, keeping ProvisionedConcurrencyUtilization near
+            # the target; Application Auto Scaling's service-linked role does the scaling.
+            scaling = self.alias.add_auto_scaling(
+                min_capacity=props.provisioned_concurrency, max_capacity=props.provisioned_concurrency_max
+            )
+            scaling.scale_on_utilization(utilization_target=props.provisioned_concurrency_target)
         if props.snapstart:
             # CDK warns because SnapStart applies only to published versions: we publish one on every
             # change (current_version) and API Gateway calls it through the alias, never $LATEST.
@@ -175,18 +210,11 @@ class InferenceFunction(Construct):
 
     def _least_privilege_role(self, bucket: s3.IBucket) -> iam.Role:
         """A role with no managed policies: its own log group, models/ read-only, and X-Ray (from tracing)."""
-        role = iam.Role(
+        role = role_writing_only_to(
             self,
             "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            self.log_group,
             description="modelship inference: read models/ in the model bucket, write its own logs",
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid="WriteOwnLogGroup",
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[self.log_group.log_group_arn],
-            )
         )
         # The bucket is named, not owned: should a retained bucket be deleted and its name taken by
         # another account, s3:ResourceAccount keeps the function from reading that account's "models".

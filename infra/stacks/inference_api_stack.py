@@ -13,10 +13,12 @@ from constructs import Construct
 
 from infra.config import LOG_RETENTION_NAMES, DeployConfig
 from infra.constructs.alarms import InferenceAlarms, InferenceAlarmsProps
+from infra.constructs.dashboard import OperationsDashboard, OperationsDashboardProps
 from infra.constructs.inference_api import InferenceApi, InferenceApiProps
 from infra.constructs.inference_function import InferenceFunction, InferenceFunctionProps
 from infra.constructs.model_bucket import model_bucket_name
 from infra.constructs.prebuilt_layer import PrebuiltLayer
+from infra.constructs.release import CanaryRelease, CanaryReleaseProps
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class InferenceApiStack(Stack):
                 snapstart=config.snapstart,
                 log_retention=log_retention,
                 removal_policy=removal_policy,
+                provisioned_concurrency=config.provisioned_concurrency,
+                provisioned_concurrency_max=config.provisioned_concurrency_max,
+                provisioned_concurrency_target=config.provisioned_concurrency_target,
             ),
         )
         self.api = InferenceApi(
@@ -107,8 +112,36 @@ class InferenceApiStack(Stack):
                 timeout_seconds=config.timeout_seconds,
                 latency_alarm_ms=config.latency_alarm_ms,
                 alarm_topic_arn=config.alarm_topic_arn,
+                gates_release=config.canary is not None,
             ),
         )
+        if config.canary is not None:
+            self.release = CanaryRelease(
+                self,
+                "Release",
+                props=CanaryReleaseProps(
+                    inference=self.inference,
+                    deployment_config=config.canary,
+                    alarms=self.alarms.release_alarms,
+                    smoke_model=config.canary_smoke_model,
+                    functions_dir=config.functions_dir,
+                    architecture=config.architecture,
+                    log_retention=log_retention,
+                    removal_policy=removal_policy,
+                ),
+            )
+        if config.dashboard:
+            OperationsDashboard(
+                self,
+                "Operations",
+                props=OperationsDashboardProps(
+                    dashboard_name=config.stack_name("operations"),
+                    stage=self.api.stage,
+                    function=self.inference.function,
+                    alias=self.inference.alias,
+                    has_provisioned_concurrency=config.provisioned_concurrency is not None,
+                ),
+            )
 
         CfnOutput(
             self, "EndpointUrl", value=self.api.rest_api.url, description="Base URL; the API is under v2/"

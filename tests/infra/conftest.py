@@ -121,3 +121,26 @@ def alternate_app(make_app: SynthFactory) -> App:
 @pytest.fixture(scope="session")
 def alternate_api_template(alternate_app: App) -> Template:
     return template(alternate_app, "modelship-dev-api")
+
+
+# The operating options of docs/deploy.md all on: a canary release with its pre-traffic hook, provisioned
+# concurrency scaled between 2 and 10 (within the reserved 20) and the dashboard.
+OPERATIONS_CONTEXT: dict[str, object] = {
+    "stage": "ops",
+    "canary": "true",
+    "reserved_concurrency": "20",
+    "provisioned_concurrency": "2",
+    "provisioned_concurrency_max": "10",
+    "provisioned_concurrency_target": "0.6",
+    "dashboard": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def operations_app(make_app: SynthFactory) -> App:
+    return make_app(**OPERATIONS_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def operations_api_template(operations_app: App) -> Template:
+    return template(operations_app, "modelship-ops-api")

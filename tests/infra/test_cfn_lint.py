@@ -1,4 +1,4 @@
-"""cfn-lint over every synthesized template, for the default and the alternate configuration."""
+"""cfn-lint over every synthesized template: the default, the alternate and the operations configuration."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def synthesized_templates(app: App) -> list[Path]:
     return templates
 
 
-@pytest.mark.parametrize("app_fixture", ["default_app", "alternate_app"])
+@pytest.mark.parametrize("app_fixture", ["default_app", "alternate_app", "operations_app"])
 def test_cfn_lint_passes(app_fixture: str, request: pytest.FixtureRequest) -> None:
     app: App = request.getfixturevalue(app_fixture)
     templates = synthesized_templates(app)

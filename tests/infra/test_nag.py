@@ -16,8 +16,9 @@ from cdk_nag import AwsSolutionsChecks, NagPack, ServerlessChecks
 import infra.constructs.inference_api
 import infra.constructs.inference_function
 import infra.constructs.model_bucket
+import infra.constructs.release
 from infra.nag import acknowledge
-from tests.infra.conftest import ALTERNATE_CONTEXT, SynthFactory
+from tests.infra.conftest import ALTERNATE_CONTEXT, OPERATIONS_CONTEXT, SynthFactory
 
 pytestmark = pytest.mark.infra
 
@@ -26,6 +27,7 @@ ACKNOWLEDGING_MODULES = (
     infra.constructs.inference_api,
     infra.constructs.inference_function,
     infra.constructs.model_bucket,
+    infra.constructs.release,
 )
 
 
@@ -59,7 +61,7 @@ def acknowledgments(app: App) -> dict[str, list[tuple[str, str]]]:
     return acknowledged
 
 
-VARIANTS = {"default": {}, "alternate": ALTERNATE_CONTEXT}
+VARIANTS = {"default": {}, "alternate": ALTERNATE_CONTEXT, "operations": OPERATIONS_CONTEXT}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
