@@ -80,7 +80,9 @@ _WARNING_INTERVAL_SECONDS: Final = 10.0
 
 _TCHAR: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE: Final = re.compile(rb"(" + _TCHAR + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_HEADER_LINE: Final = re.compile(rb"(" + _TCHAR + rb"):[ \t]*(.*?)[ \t]*", re.DOTALL)
+# The value is stripped in Python: a lazy group between two blank runs backtracks quadratically over a
+# long run of blanks inside a value (a cheap CPU attack on every head the fast path leaves to this parse).
+_HEADER_LINE: Final = re.compile(rb"(" + _TCHAR + rb"):(.*)", re.DOTALL)
 # Field values: visible characters, obs-text, space and tab; no other control character.
 _BAD_VALUE_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTENT_LENGTH: Final = re.compile(r"[0-9]{1,19}")
@@ -216,6 +218,16 @@ class _Refusal(Exception):
         self.message = message
         # Drain what the client may still be sending, so it reads this answer instead of a reset.
         self.linger = linger
+        # A head refused before it became a request still said HEAD: its answer carries no body.
+        self.to_head_request = False
+
+
+def _oversized_head(buffer: bytearray, limit: int) -> _Refusal:
+    """414 when the request line alone is over the limit, however the bytes arrived; else 431."""
+    line_end = buffer.find(b"\r\n")
+    if line_end < 0 or line_end > limit:
+        return _Refusal(414, f"the request line is longer than {limit} bytes")
+    return _Refusal(431, f"the request headers are longer than {limit} bytes")
 
 
 class _ClientGone(Exception):
@@ -307,6 +319,11 @@ def _parse_head_lines(head: bytes, limits: Limits) -> _Request:
     lowered_target = target[:8].lower()
     if not (target.startswith("/") or lowered_target.startswith(("http://", "https://")) or target == "*"):
         raise _Refusal(400, "malformed request target")
+    if not target.startswith("/"):
+        try:
+            urlsplit(target)  # what build_proxy_event does with it: "http://[::1/" raises ValueError
+        except ValueError:
+            raise _Refusal(400, "malformed request target") from None
     if len(lines) > limits.max_headers:
         raise _Refusal(431, f"more than {limits.max_headers} header lines")
     headers: list[tuple[str, str]] = []
@@ -316,6 +333,7 @@ def _parse_head_lines(head: bytes, limits: Limits) -> _Request:
         if header is None:
             raise _Refusal(400, "malformed header line")
         name, value = header.groups()
+        value = value.strip(b" \t")
         if _BAD_VALUE_BYTE.search(value):
             raise _Refusal(400, "control character in a header value")
         headers.append((name.decode("ascii"), value.decode("latin-1")))
@@ -629,17 +647,19 @@ class _Connection:
             if end >= 0:
                 break
             if len(buffer) > limits.max_head_bytes:
-                if b"\r\n" not in buffer:
-                    raise _Refusal(414, f"the request line is longer than {limits.max_head_bytes} bytes")
-                raise _Refusal(431, f"the request headers are longer than {limits.max_head_bytes} bytes")
+                raise _oversized_head(buffer, limits.max_head_bytes)
             if buffer.count(b"\n") != buffer.count(b"\r\n"):
                 raise _Refusal(400, "malformed request head: every line must end with CRLF")
             self._recv(deadline, body=False)
         if end + 4 > limits.max_head_bytes:
-            raise _Refusal(431, f"the request headers are longer than {limits.max_head_bytes} bytes")
+            raise _oversized_head(buffer, limits.max_head_bytes)
         head = bytes(buffer[:end])
         del buffer[: end + 4]
-        return _parse_head(head, limits)
+        try:
+            return _parse_head(head, limits)
+        except _Refusal as refusal:
+            refusal.to_head_request = head.startswith(b"HEAD ")
+            raise
 
     def _read_body(self, request: _Request) -> bytes | bytearray:
         length = request.content_length
@@ -673,7 +693,7 @@ class _Connection:
 
     def _refuse(self, refusal: _Refusal, request: _Request | None, started: float) -> None:
         body = _error_body(refusal.message)
-        self._send(refusal.status, _JSON, body, request, close=True)
+        self._send(refusal.status, _JSON, body, request, close=True, head_only=refusal.to_head_request)
         method, target = (request.method, request.target) if request is not None else ("-", "-")
         self._log(method, target, refusal.status, len(body), started)
         if refusal.linger:
@@ -687,6 +707,7 @@ class _Connection:
         request: _Request | None,
         close: bool,
         on_wait: Callable[[], object] | None = None,
+        head_only: bool = False,
     ) -> None:
         if close:
             connection: str | None = "close"
@@ -697,7 +718,8 @@ class _Connection:
             connection = None
         head = _response_head(status, headers, len(body), connection)
         deadline = time.monotonic() + self.server.limits.send_seconds
-        self._sendall(head + body if request is None or request.method != "HEAD" else head, deadline, on_wait)
+        head_request = request.method == "HEAD" if request is not None else head_only
+        self._sendall(head if head_request else head + body, deadline, on_wait)
 
     def _linger(self) -> None:
         """Lingering close: stop sending, then read (and drop) what the client still sends for a bounded
