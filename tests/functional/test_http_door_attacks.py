@@ -821,3 +821,26 @@ def test_the_cap_filled_by_slow_heads_frees_itself_at_the_head_deadline(
         for connection in held:
             connection.close()
     assert_still_serving(server, log_start)
+
+
+def test_the_cap_filled_by_silent_connections_frees_itself_at_the_head_deadline(
+    server: RunningServer, log_start: int
+) -> None:
+    """Connections that never send a byte get the head's deadline for their first request, not the
+    keep-alive idle timeout: the server closes them and serves again without their help."""
+    held = [
+        socket.create_connection(address(server), timeout=WAIT) for _ in range(DEFAULT_LIMITS.max_connections)
+    ]
+    try:
+        wait_until(
+            lambda: serves_again(server),
+            DEFAULT_LIMITS.header_seconds + WAIT,
+            "silent connections held the cap past the head deadline",
+        )
+        for connection in held:
+            connection.settimeout(WAIT)
+            assert connection.recv(1) == b""  # closed by the server, without a word
+    finally:
+        for connection in held:
+            connection.close()
+    assert_still_serving(server, log_start)

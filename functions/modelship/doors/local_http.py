@@ -13,7 +13,8 @@ strictly (RFC 9112) and every client is bounded (``Limits``):
 - any ``Transfer-Encoding`` is refused (411 for chunked, 501 otherwise) and ``Content-Length`` must be
   one plain number of at most 19 digits, the same in every copy;
 - the head is limited in bytes and in header lines (431), and must arrive within a deadline from its
-  first byte (408), as must the body from the end of the head;
+  first byte (408), as must the body from the end of the head; a new connection that sends nothing
+  within that deadline is closed (a keep-alive one waits up to the idle timeout for its next request);
 - at most ``max_connections`` connections are served at once (below the file-descriptor limit); past
   it a new connection gets a 503 at once; running out of descriptors pauses accepting and says so;
 - the listen backlog is a real one, and ``serve_forever`` stops gracefully on SIGTERM or Ctrl-C: it
@@ -484,7 +485,7 @@ class _Connection:
     The socket is non-blocking: each read or write is tried first and waited for (``poll``) only when it
     would block, so a request costs a few system calls, with every deadline still enforced."""
 
-    __slots__ = ("buffer", "busy", "peer", "poller", "server", "sock")
+    __slots__ = ("buffer", "busy", "fresh", "peer", "poller", "server", "sock")
 
     def __init__(self, server: LocalServer, sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -493,6 +494,9 @@ class _Connection:
         self.buffer = bytearray()
         # True from a request's first byte until its answer is sent; idle connections close at shutdown.
         self.busy = False
+        # True until the first request's first byte: a new connection gets the head's deadline for it,
+        # not the keep-alive idle timeout, so connections that never send cannot hold every place for long.
+        self.fresh = True
         self.poller: Any = None
 
     def serve(self) -> None:
@@ -612,12 +616,16 @@ class _Connection:
                 view = view[self.sock.send(view) :]
 
     def _await_request(self) -> bool:
-        """Wait (up to the idle timeout) for the first byte of the next request."""
+        """Wait for the first byte of the next request: up to the head's deadline on a new connection, up
+        to the idle timeout between keep-alive requests."""
         if not self.buffer:
-            chunk = self._read(time.monotonic() + self.server.limits.idle_seconds)
+            limits = self.server.limits
+            wait = limits.header_seconds if self.fresh else limits.idle_seconds
+            chunk = self._read(time.monotonic() + wait)
             if not chunk:
                 return False
             self.buffer += chunk
+        self.fresh = False
         self.server._busy(self)
         return True
 
