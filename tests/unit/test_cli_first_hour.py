@@ -243,6 +243,9 @@ def test_pushing_the_latest_versions_bytes_again_creates_no_version(
     assert _run(["push", str(path), "--name", "m", "--store", store, "--labels", str(labels)], capsys)[0] == 0
     assert _run(["push", str(path), "--name", "m", "--store", store, "--force"], capsys)[0] == 0
     assert ModelRepository.open(store).versions("m") == [1, 2, 3]
+    # An explicit --version is pushed as asked, whatever the latest holds.
+    assert _run(["push", str(path), "--name", "m", "--store", store, "--version", "7"], capsys)[0] == 0
+    assert ModelRepository.open(store).versions("m") == [1, 2, 3, 7]
 
 
 # list.

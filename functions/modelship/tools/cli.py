@@ -82,7 +82,7 @@ def command_push(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {args.model} is not a file")
     repository = ModelRepository.open(args.store)
     labels = _read_labels(args.labels) if args.labels else None
-    if not args.force:
+    if not args.force and args.version is None:  # an explicit --version is asked for as it is
         with args.model.open("rb") as model:
             digest = hashlib.file_digest(model, "sha256").hexdigest()
         existing = repository.latest_holding(args.name, digest, labels)
@@ -370,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load MODEL with onnxruntime to prove it is servable, read its signature, then write "
         "models/NAME/VERSION/model.onnx and, last, manifest.json (so a half-written version is never "
         "visible). Prints the manifest. A model whose IR version or opset is newer than the bundled "
-        "onnxruntime loads is refused with both named, unless --convert converts it. If the latest version "
-        "already holds the same bytes and labels, nothing is pushed (unless --force).",
+        "onnxruntime loads is refused with both named, unless --convert converts it. Without --version, if "
+        "the latest version already holds the same bytes and labels, nothing is pushed (unless --force).",
     )
     push.add_argument("model", type=Path, metavar="MODEL.onnx", help="the ONNX model file")
     push.add_argument("--name", required=True, help="model name: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, no '..'")
