@@ -343,3 +343,19 @@ def test_sigv4_without_credentials_says_so_before_any_request(
     assert err.strip() == (
         "error: no AWS credentials found for --sigv4: The config profile (no-such-profile) could not be found"
     )
+
+
+# `make serve`'s lean install has no boto3.
+
+
+def test_an_s3_store_without_boto3_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what `import boto3` meets in the serve-only venv
+    code, _, err = _run(["list", "--store", "s3://a-bucket/models"], capsys)
+    assert code != 0
+    assert (
+        err.strip()
+        == "error: s3:// stores need boto3, which this install lacks: pip install -e '.[s3]' (or make venv)"
+    )
+    assert "Traceback" not in err

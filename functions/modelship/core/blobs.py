@@ -308,9 +308,15 @@ def _partial_reader(body: Any) -> Callable[[int], bytes]:
 
 
 def _make_s3_client(limits: S3Limits) -> Any:
-    # Imported here so local stores never pay for boto3 at cold start.
-    import boto3
-    from botocore.config import Config
+    # Imported here so local stores never pay for boto3 at cold start, and so that `make serve`'s lean
+    # install (no boto3) serves local stores and says what to install for an s3:// one.
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ModelUnavailable(
+            "s3:// stores need boto3, which this install lacks: pip install -e '.[s3]' (or make venv)"
+        ) from None
 
     config = Config(
         connect_timeout=limits.connect_timeout_seconds,
