@@ -46,6 +46,8 @@ sys.path[:0] = [str(ROOT / "functions"), str(Path(__file__).resolve().parent), s
 
 from models import SPECS, write_models  # noqa: E402
 
+from layers.function_asset import python313_or_reason, stage_function_code  # noqa: E402
+
 ARCH = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), platform.machine())
 LAYER_NAMES = ("onnx", "deps")
 DEPLOYED_ENV = {
@@ -151,20 +153,6 @@ def log(message: str) -> None:
     print(f"[bench cold_start] {message}", file=sys.stderr, flush=True)
 
 
-def find_python313() -> tuple[str | None, str]:
-    try:
-        found = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "find-python.sh"), "3.13"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-        return None, f"no python3.13 found by scripts/find-python.sh: {error}"
-    return found.stdout.strip(), ""
-
-
 def unpack_layers(workdir: Path) -> tuple[list[str] | None, str]:
     """The built layers' ``python`` folders, unzipped under ``workdir`` (reused while the zips match)."""
     layer_dirs = []
@@ -187,13 +175,11 @@ def unpack_layers(workdir: Path) -> tuple[list[str] | None, str]:
     return layer_dirs, ""
 
 
-def stage_task(workdir: Path, python313: str) -> Path:
+def stage_task(workdir: Path, python313: Path) -> Path:
     """The function's code as the deployed asset holds it: the same staging, 3.13 bytecode included."""
-    from layers.function_asset import stage_function_code
-
     task = workdir / "lambda-task"
     shutil.rmtree(task, ignore_errors=True)
-    stage_function_code(ROOT / "functions", task, Path(python313))
+    stage_function_code(ROOT / "functions", task, python313)
     return task
 
 
@@ -321,7 +307,7 @@ def run(out: Path, *, runs: int, quick: bool) -> dict[str, Any]:
 
     configs: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    python313, why = find_python313()
+    python313, why = python313_or_reason()
     layer_dirs, why_layers = unpack_layers(workdir)
     if python313 is None:
         skipped["lambda-layer"] = why
@@ -331,7 +317,7 @@ def run(out: Path, *, runs: int, quick: bool) -> dict[str, Any]:
         task = stage_task(workdir, python313)
         configs["lambda-layer"] = {
             "name": "lambda-layer",
-            "python": [python313, "-I", "-S", "-B"],
+            "python": [str(python313), "-I", "-S", "-B"],
             "sys_path": [str(task), *layer_dirs],
             "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
         }
