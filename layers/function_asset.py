@@ -14,7 +14,6 @@ which work, with the slower cold start, and the app says so.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from layers.build_layer import LayerBuildError, compile_tree, find_python313
@@ -46,14 +45,10 @@ def python313_or_reason() -> tuple[Path | None, str]:
         return None, str(error)
 
 
-def stage_function_code(
-    source: Path, target: Path, python313: Path | None, log: Callable[[str], None] = lambda _: None
-) -> int:
+def stage_function_code(source: Path, target: Path, python313: Path | None) -> int:
     """Copy ``source`` (functions/) into ``target`` without leftovers, then compile it for 3.13 when
     ``python313`` is given. Returns the number of ``.pyc`` files written."""
     shutil.copytree(source, target, ignore=_IGNORED, dirs_exist_ok=True)
     if python313 is None:
         return 0
-    compiled = compile_tree(python313, target, strip=target, prefix=LAMBDA_TASK_ROOT)
-    log(f"compiled {compiled} modules of the function's code with {python313}")
-    return compiled
+    return compile_tree(python313, target, strip=target, prefix=LAMBDA_TASK_ROOT)

@@ -50,12 +50,11 @@ class CompiledFunctionCode:
 
     def __init__(self, source: Path) -> None:
         self.source = source
-        self.compiled = 0
         self.without_bytecode_because = ""
 
     def try_bundle(self, output_dir: str, options: BundlingOptions) -> bool:
         python313, self.without_bytecode_because = python313_or_reason()
-        self.compiled = stage_function_code(self.source, Path(output_dir), python313)
+        stage_function_code(self.source, Path(output_dir), python313)
         return True
 
 

@@ -101,28 +101,7 @@ def _fields(view: memoryview, wanted: int) -> list[memoryview]:
 
 def _scan(view: memoryview) -> Iterator[tuple[int, int | memoryview]]:
     """Each field of one message: its number and value, a varint's integer or a length-delimited field's
-    bytes (fixed-width fields are skipped)."""
-    position, end = 0, len(view)
-    while position < end:
-        key, position = _varint(view, position)
-        wire_type = key & 7
-        if wire_type == _VARINT:
-            value, position = _varint(view, position)
-            yield key >> 3, value
-        elif wire_type == _LENGTH_DELIMITED:
-            length, position = _varint(view, position)
-            yield key >> 3, view[position : position + length]
-            position += length
-        elif wire_type in (_FIXED64, _FIXED32):
-            position += 8 if wire_type == _FIXED64 else 4
-        else:
-            raise ModelRefused(f"not a valid ONNX model (malformed protobuf: wire type {wire_type})")
-
-
-def _walk(view: memoryview, kind: int, depth: int) -> None:
-    if depth > MAX_GRAPH_NESTING:
-        raise ModelRefused(f"graphs nest more than {MAX_GRAPH_NESTING} deep")
-    children = _CHILDREN[kind]
+    bytes (fixed-width fields are skipped). ``ModelRefused`` for anything that is not well-formed."""
     position, end = 0, len(view)
     while position < end:
         key, position = _varint(view, position)
@@ -131,26 +110,35 @@ def _walk(view: memoryview, kind: int, depth: int) -> None:
             raise ModelRefused("not a valid ONNX model (malformed protobuf: field 0)")
         if wire_type == _VARINT:
             value, position = _varint(view, position)
-            if kind == _TENSOR and field == _TENSOR_DATA_LOCATION and value == _DATA_LOCATION_EXTERNAL:
-                raise _external_data_refused()
+            yield field, value
         elif wire_type == _LENGTH_DELIMITED:
             length, position = _varint(view, position)
             if length > end - position:
                 raise ModelRefused("not a valid ONNX model (malformed protobuf: truncated field)")
-            if kind == _TENSOR and field == _TENSOR_EXTERNAL_DATA:
-                raise _external_data_refused()
-            child = children.get(field)
-            if child is not None:
-                _walk(view[position : position + length], child, depth + (child == _GRAPH))
+            yield field, view[position : position + length]
             position += length
-        elif wire_type == _FIXED64:
-            position += 8
-        elif wire_type == _FIXED32:
-            position += 4
+        elif wire_type in (_FIXED64, _FIXED32):
+            position += 8 if wire_type == _FIXED64 else 4
+            if position > end:
+                raise ModelRefused("not a valid ONNX model (malformed protobuf: truncated field)")
         else:
             raise ModelRefused(f"not a valid ONNX model (malformed protobuf: wire type {wire_type})")
-        if position > end:
-            raise ModelRefused("not a valid ONNX model (malformed protobuf: truncated field)")
+
+
+def _walk(view: memoryview, kind: int, depth: int) -> None:
+    if depth > MAX_GRAPH_NESTING:
+        raise ModelRefused(f"graphs nest more than {MAX_GRAPH_NESTING} deep")
+    children = _CHILDREN[kind]
+    for field, value in _scan(view):
+        if isinstance(value, int):
+            if kind == _TENSOR and field == _TENSOR_DATA_LOCATION and value == _DATA_LOCATION_EXTERNAL:
+                raise _external_data_refused()
+            continue
+        if kind == _TENSOR and field == _TENSOR_EXTERNAL_DATA:
+            raise _external_data_refused()
+        child = children.get(field)
+        if child is not None:
+            _walk(value, child, depth + (child == _GRAPH))
 
 
 def _varint(view: memoryview, position: int) -> tuple[int, int]:
