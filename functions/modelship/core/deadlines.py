@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import onnxruntime as ort
 
@@ -28,6 +28,13 @@ IDLE_TICKS: Final = 20
 DEADLINE: Final = "deadline"
 
 
+class CountsRuns(Protocol):
+    """Whatever keeps a count of its runs in flight (a loaded model): the watchdog keeps it under its
+    own lock, so a run takes one lock on the way in and one on the way out."""
+
+    runs_in_flight: int
+
+
 @dataclass(slots=True, eq=False)
 class RunTicket:
     """One run's cancellation handle. ``reason`` says why it was cancelled, None while it was not."""
@@ -35,10 +42,12 @@ class RunTicket:
     options: ort.RunOptions
     deadline: float
     reason: str | None = field(default=None)
+    counter: CountsRuns | None = field(default=None)
 
 
-# Spare RunOptions kept for reuse: creating one costs about a microsecond, a tiny model's run about 16.
-_SPARE_OPTIONS: Final = 64
+# Spare tickets kept for reuse, each with its RunOptions: creating both costs about a microsecond and a
+# half, a tiny model's run about ten.
+_SPARE_TICKETS: Final = 64
 
 
 class _Run:
@@ -52,11 +61,11 @@ class _Run:
         self._seconds = seconds
 
     def __enter__(self) -> RunTicket:
-        self._ticket = self._watchdog._start(self._seconds)
+        self._ticket = self._watchdog.start(self._seconds)
         return self._ticket
 
     def __exit__(self, *_exc: object) -> None:
-        self._watchdog._finish(self._ticket)
+        self._watchdog.finish(self._ticket)
 
 
 class RunWatchdog:
@@ -68,7 +77,7 @@ class RunWatchdog:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._runs: set[RunTicket] = set()
-        self._spare: list[ort.RunOptions] = []
+        self._spare: list[RunTicket] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -81,20 +90,27 @@ class RunWatchdog:
         cancelled after ``seconds``."""
         return _Run(self, seconds)
 
-    def _start(self, seconds: float) -> RunTicket:
+    def start(self, seconds: float, counter: CountsRuns | None = None) -> RunTicket:
+        """A run begins: its ticket, cancelled after ``seconds``. Every ``start`` needs its ``finish``
+        (in a ``finally``); ``run`` is the context manager that pairs them. ``counter``'s
+        ``runs_in_flight`` counts the run until it finishes."""
         deadline = self._clock() + seconds
         with self._lock:
             if self._spare:
-                options = self._spare.pop()
+                ticket = self._spare.pop()
+                ticket.deadline = deadline
             else:
                 options = ort.RunOptions()
                 # A stopped run is reported by us, once, as a 504 or 503; onnxruntime's own error line
                 # would only repeat it in the log.
                 options.log_severity_level = 4
-            ticket = RunTicket(options, deadline)
+                ticket = RunTicket(options, deadline)
+            if counter is not None:
+                ticket.counter = counter
+                counter.runs_in_flight += 1
             if self._closed:
                 ticket.reason = "the server is shutting down"
-                options.terminate = True
+                ticket.options.terminate = True
             self._runs.add(ticket)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="modelship-watchdog", daemon=True)
@@ -104,12 +120,17 @@ class RunWatchdog:
                 self._wake.notify()
         return ticket
 
-    def _finish(self, ticket: RunTicket) -> None:
+    def finish(self, ticket: RunTicket) -> None:
         with self._lock:
             self._runs.discard(ticket)
-            # Only options that were never told to terminate go back: a cancelled one stays cancelled.
-            if ticket.reason is None and len(self._spare) < _SPARE_OPTIONS:
-                self._spare.append(ticket.options)
+            counter = ticket.counter
+            if counter is not None:
+                counter.runs_in_flight -= 1
+                ticket.counter = None
+            # Only tickets whose options were never told to terminate go back: a cancelled one stays
+            # cancelled.
+            if ticket.reason is None and len(self._spare) < _SPARE_TICKETS:
+                self._spare.append(ticket)
 
     def cancel_all(self, reason: str = "the server is shutting down") -> int:
         """Cancel every run in flight and every later one; returns how many were in flight."""

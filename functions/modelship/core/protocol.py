@@ -516,23 +516,38 @@ def raise_response_too_large(size: int, limit: int, *, at_least: bool = False) -
 
 
 def encode_infer_response(
-    model: LoadedModel, call: InferenceCall, results: list[np.ndarray]
+    model: LoadedModel, call: InferenceCall, results: list[np.ndarray], limit: int
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary outputs follow it."""
+    """The response body, and the JSON header's length when binary outputs follow it. A response over
+    ``limit`` bytes is refused (``BadRequest``), before it is built where its size is known earlier."""
     plan = call.plan
     if plan is None or not plan.binary_outputs:
-        return _encode(model, call, results)
+        return _checked_encode(model, call, results, limit)
     key = tuple([(array.shape, array.nbytes) for array in results])
     header = plan.response_headers.get(key)
     if header is None:
-        body, header_length = _encode(model, call, results)
+        body, header_length = _checked_encode(model, call, results, limit)
         if header_length is not None:
             if len(plan.response_headers) >= MAX_PLANNED_RESPONSES:
                 plan.response_headers.clear()
             plan.response_headers[key] = body[:header_length]
         return body, header_length
+    # A remembered header: the size is exact before anything is copied.
+    size = len(header) + sum([array.nbytes for array in results])
+    if size > limit:
+        raise_response_too_large(size, limit)
     chunks = [np.ascontiguousarray(array).data.cast("B") if array.size else b"" for array in results]
     return b"".join([header, *chunks]), len(header)
+
+
+def _checked_encode(
+    model: LoadedModel, call: InferenceCall, results: list[np.ndarray], limit: int
+) -> tuple[bytes, int | None]:
+    check_response_size(call, results, limit)
+    body, header_length = _encode(model, call, results)
+    if len(body) > limit:
+        raise_response_too_large(len(body), limit)
+    return body, header_length
 
 
 def _encode(model: LoadedModel, call: InferenceCall, results: list[np.ndarray]) -> tuple[bytes, int | None]:

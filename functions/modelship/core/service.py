@@ -30,12 +30,10 @@ from modelship.core.messages import (
 from modelship.core.names import parse_version, validate_model_name
 from modelship.core.observer import NullObserver, Observer
 from modelship.core.protocol import (
-    check_response_size,
     decode_infer_request,
     encode_infer_response,
     parse_header_length,
     parse_json_object,
-    raise_response_too_large,
 )
 from modelship.core.repository import ModelRepository
 from modelship.core.sessions import LoadedModel, first_line
@@ -202,11 +200,7 @@ class InferenceService:
         started = time.perf_counter()
         results = model.run(call.output_names, call.feeds)
         self.observer.inference_done(model, time.perf_counter() - started)
-        limit = self.settings.max_response_bytes
-        check_response_size(call, results, limit)
-        payload, json_length = encode_infer_response(model, call, results)
-        if len(payload) > limit:
-            raise_response_too_large(len(payload), limit)
+        payload, json_length = encode_infer_response(model, call, results, self.settings.max_response_bytes)
         if json_length is None:
             return Response(200, payload)
         return Response(200, payload, OCTET_STREAM, json_length)
