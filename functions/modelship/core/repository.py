@@ -21,7 +21,7 @@ from modelship.core.blobs import (
     read_regular_file,
 )
 from modelship.core.errors import Conflict, IntegrityError, InvalidModel, ModelUnavailable, NotFound
-from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
+from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest, Optimization, Preprocessing
 from modelship.core.names import MAX_VERSION, is_valid_model_name, validate_model_name, version_from_text
 from modelship.core.settings import DEFAULT_MAX_MODEL_BYTES
 
@@ -180,16 +180,25 @@ class ModelRepository:
             # The cache is an optimisation; a full /tmp must not fail the request.
             logger.warning("cannot cache %s: %s", path, error)
 
-    def latest_holding(self, name: str, sha256: str, labels: Sequence[str] | None = None) -> Manifest | None:
+    def latest_holding(
+        self,
+        name: str,
+        sha256: str,
+        labels: Sequence[str] | None = None,
+        *,
+        preprocessing: Preprocessing | None = None,
+    ) -> Manifest | None:
         """The latest version of ``name`` if it already holds the bytes of this sha256 (as published, or
-        as the original that ``push --convert`` converted) and these labels; else None."""
+        as the original that ``push --convert`` converted), these labels and this preprocessing; else
+        None."""
         versions = self.versions(name)
         if not versions:
             return None
         latest = self.read_manifest(name, versions[-1])
         originals = {latest.sha256} | ({latest.conversion.original_sha256} if latest.conversion else set())
         same_labels = latest.labels == (tuple(labels) if labels is not None else None)
-        return latest if sha256 in originals and same_labels else None
+        same = same_labels and latest.preprocessing == preprocessing
+        return latest if sha256 in originals and same else None
 
     def push(
         self,
@@ -199,11 +208,15 @@ class ModelRepository:
         labels: Sequence[str] | None = None,
         *,
         convert: bool = False,
+        preprocessing: Preprocessing | None = None,
+        optimization: Optimization | None = None,
     ) -> Manifest:
         """Validate with onnxruntime, then write the model and, last, the manifest that makes it visible.
 
         ``convert``: a model newer than onnxruntime loads is first converted (``core.conversion``, with
         the onnx package), and the converted bytes are published, the conversion recorded.
+        ``preprocessing``: an image model's preprocessing block, checked against its input and recorded.
+        ``optimization``: the lineage of a version ``modelship optimize`` made, recorded as it is.
         """
         validate_model_name(name)
         if version is not None and not 1 <= version <= MAX_VERSION:
@@ -217,7 +230,16 @@ class ModelRepository:
             converted = _convert(data)
             if converted is not None:
                 data, conversion = converted.data, converted.conversion
-        manifest = replace(describe_model(data, name, version or 1, labels), conversion=conversion)
+        manifest = replace(
+            describe_model(data, name, version or 1, labels),
+            conversion=conversion,
+            preprocessing=preprocessing,
+            optimization=optimization,
+        )
+        if preprocessing is not None:
+            from modelship.core.preprocessing import check_fits
+
+            check_fits(preprocessing, manifest.inputs)
         if version is not None:
             if version in self.versions(name):
                 raise Conflict(

@@ -235,8 +235,14 @@ class InferenceService:
             "inputs": [spec.to_metadata() for spec in manifest.inputs],
             "outputs": [spec.to_metadata() for spec in manifest.outputs],
         }
+        parameters: dict[str, Any] = {}
         if manifest.labels is not None:
-            document["parameters"] = {"labels": list(manifest.labels)}
+            parameters["labels"] = list(manifest.labels)
+        if manifest.preprocessing is not None:
+            # How a client turns an image into this model's input (modelship infer --image).
+            parameters["preprocessing"] = manifest.preprocessing.to_json()
+        if parameters:
+            document["parameters"] = parameters
         return json_response(200, document)
 
     def _repository_control(self, name: str, action: str) -> Response:

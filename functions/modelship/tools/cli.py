@@ -54,6 +54,22 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000, not {text!r}")
+    return int(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, not {text!r}")
+    return value
+
+
 def _default_store() -> str:
     return store_from_env() or str(default_store_path())
 
@@ -73,6 +89,12 @@ def _read_labels(path: Path) -> list[str]:
     return labels
 
 
+def _read_preprocessing(path: Path) -> Any:
+    from modelship.core.preprocessing import read_preprocessing
+
+    return read_preprocessing(path)
+
+
 def command_push(args: argparse.Namespace) -> int:
     from modelship.core.names import validate_model_name
     from modelship.core.repository import ModelRepository
@@ -82,23 +104,27 @@ def command_push(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {args.model} is not a file")
     repository = ModelRepository.open(args.store)
     labels = _read_labels(args.labels) if args.labels else None
+    preprocessing = _read_preprocessing(args.preprocessing) if args.preprocessing else None
     if not args.force and args.version is None:  # an explicit --version is asked for as it is
         with args.model.open("rb") as model:
             digest = hashlib.file_digest(model, "sha256").hexdigest()
-        existing = repository.latest_holding(args.name, digest, labels)
+        existing = repository.latest_holding(args.name, digest, labels, preprocessing=preprocessing)
         if existing is not None:
             converted = existing.sha256 != digest
             print(
                 f"{args.name} version {existing.version} already holds this model ("
-                f"{'converted from ' if converted else ''}the same bytes, the same labels): nothing pushed; "
-                "--force pushes it again as a new version",
+                f"{'converted from ' if converted else ''}the same bytes, the same labels"
+                f"{' and preprocessing' if preprocessing is not None else ''}): nothing pushed; --force "
+                "pushes it again as a new version",
                 file=sys.stderr,
             )
             _print_json(existing.to_json())
             return 0
     checks = "converting if needed, validating" if args.convert else "validating"
     print(f"{checks} {args.model} with onnxruntime and pushing to {repository.uri} ...", file=sys.stderr)
-    manifest = repository.push(args.model, args.name, args.version, labels, convert=args.convert)
+    manifest = repository.push(
+        args.model, args.name, args.version, labels, convert=args.convert, preprocessing=preprocessing
+    )
     if manifest.conversion is not None:
         conversion = manifest.conversion
         print(
@@ -223,6 +249,10 @@ def command_infer(args: argparse.Namespace) -> int:
     api_key = args.api_key or api_key_from_env()
     client = InferenceClient(args.url, sigv4=args.sigv4, api_key=api_key, timeout=args.timeout)
     metadata = client.metadata(args.model, args.model_version)
+    if args.image is not None:
+        return _infer_image(args, client, metadata)
+    if args.preprocessing is not None or args.top is not None:
+        raise SystemExit("error: --preprocessing and --top go with --image")
     specs = {spec["name"]: spec for spec in metadata.get("inputs", [])}
     inputs = {}
     for item in args.input:
@@ -244,6 +274,67 @@ def command_infer(args: argparse.Namespace) -> int:
         outputs=args.output or None,
     )
     sys.stdout.write(format_response(response))
+    return 0
+
+
+def _infer_image(args: argparse.Namespace, client: Any, metadata: dict[str, Any]) -> int:
+    """``infer --image``: the image as the model's preprocessing block says (from the server's model
+    metadata, or --preprocessing), then its top classes with their labels."""
+    from modelship.core.datatypes import NUMPY_DTYPE_BY_DATATYPE
+    from modelship.core.manifest import Preprocessing
+    from modelship.tools.image_input import DEFAULT_TOP, ImageError, image_tensor, top_classes
+
+    parameters = metadata.get("parameters") or {}
+    if args.preprocessing is not None:
+        preprocessing = _read_preprocessing(args.preprocessing)
+    elif "preprocessing" in parameters:
+        try:
+            preprocessing = Preprocessing.from_json(parameters["preprocessing"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise SystemExit(
+                f"error: the server's preprocessing block for {args.model} is invalid: {error}"
+            ) from None
+    else:
+        raise SystemExit(
+            f"error: the metadata of {args.model} carries no preprocessing block (pushed without "
+            "--preprocessing, or a server that does not pass it on): give it with --preprocessing FILE"
+        )
+    specs = {spec["name"]: spec for spec in metadata.get("inputs", [])}
+    if preprocessing.input not in specs:
+        raise SystemExit(
+            f"error: the preprocessing feeds input {preprocessing.input!r}, but {args.model} has "
+            f"{', '.join(sorted(specs)) or 'no inputs'}"
+        )
+    labels = parameters.get("labels")
+    labels = labels if isinstance(labels, list) and all(isinstance(item, str) for item in labels) else None
+    datatype = specs[preprocessing.input]["datatype"]
+    if datatype not in NUMPY_DTYPE_BY_DATATYPE or NUMPY_DTYPE_BY_DATATYPE[datatype].kind != "f":
+        raise SystemExit(
+            f"error: input {preprocessing.input!r} is {datatype}, not floats: not an image input"
+        )
+    try:
+        image = image_tensor(args.image, preprocessing)
+        tensor = image.tensor.astype(NUMPY_DTYPE_BY_DATATYPE[datatype])
+        response = client.infer(
+            args.model,
+            {preprocessing.input: tensor},
+            {preprocessing.input: datatype},
+            version=args.model_version,
+            binary=args.binary,
+        )
+        output, ranked = top_classes(response, labels, args.top or DEFAULT_TOP)
+    except ImageError as error:
+        raise SystemExit(f"error: {error}") from None
+    width, height = image.original_size
+    print(
+        f"{response.get('model_name', args.model)} version {response.get('model_version', '?')}: "
+        f"{args.image.name} ({width}x{height}, resized to {preprocessing.size[1]}x{preprocessing.size[0]}), "
+        f"output {output!r}"
+    )
+    label_width = max(len("CLASS"), *(len(item.label) for item in ranked))
+    print(f"{'CLASS':<{label_width}}  SCORE")
+    for item in ranked:
+        print(f"{item.label:<{label_width}}  {item.score:.6g}")
     return 0
 
 
@@ -275,6 +366,65 @@ def _model_reference(text: str) -> tuple[str, int | None]:
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def command_optimize(args: argparse.Namespace) -> int:
+    from modelship.core.quantization import optimize_int8
+
+    name, version = args.model
+    repository = _existing_store(args.store)
+    method = "static INT8, calibrated on " + str(args.calibration) if args.calibration else "dynamic INT8"
+    print(
+        f"quantising {name} ({method}) from {repository.uri} and comparing it with its source ...",
+        file=sys.stderr,
+    )
+    result = optimize_int8(
+        repository, name, version, calibration=args.calibration, min_agreement=args.min_agreement
+    )
+    source = result.source
+    if args.json:
+        _print_json(
+            {
+                "source": {"name": source.name, "version": source.version, "sha256": source.sha256},
+                "report": result.report.to_json(),
+                "min_agreement": args.min_agreement,
+                "published": result.published.to_json() if result.published is not None else None,
+                "refused": result.refusal,
+            }
+        )
+    else:
+        print(f"{source.name} version {source.version} against its INT8 version")
+        print(result.report.table())
+    if result.refusal is not None:
+        print(f"error: {result.refusal}", file=sys.stderr)
+        return 1
+    assert result.published is not None
+    print(
+        f"pushed {result.published.name} version {result.published.version} "
+        f"({result.report.method}, from version {source.version})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def command_example(args: argparse.Namespace) -> int:
+    from modelship.tools.examples import DIGITS_MODEL_NAME, ExampleError, write_digits_example
+
+    print(f"training the {args.example} classifier on scikit-learn's bundled 8x8 digits ...", file=sys.stderr)
+    try:
+        example = write_digits_example(args.out)
+    except ExampleError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(
+        f"test accuracy {example.test_accuracy:.4f} on {example.test_images} held-out images; wrote "
+        f"{example.model}, {example.labels.name}, {example.preprocessing.name}, {example.calibration.name}, "
+        + ", ".join(path.name for path in example.samples)
+    )
+    print(
+        f"next: modelship push {example.model} --name {DIGITS_MODEL_NAME} --labels {example.labels} "
+        f"--preprocessing {example.preprocessing}"
+    )
+    return 0
 
 
 def command_edge_package(args: argparse.Namespace) -> int:
@@ -359,6 +509,63 @@ def _add_edge_commands(commands: Any) -> None:
     publish.set_defaults(run=command_edge_publish)
 
 
+def _add_optimize_command(commands: Any) -> None:
+    optimize = commands.add_parser(
+        "optimize",
+        help="publish an INT8 version of a stored model, if it agrees with its source",
+        description="Fetch NAME (VERSION, else the latest) from the store, verified against its manifest, "
+        "and quantise it to INT8 with onnxruntime's quantization tools: dynamic quantisation, or static "
+        "(QDQ, calibrated) with --calibration. The INT8 model must load in onnxruntime; then both are "
+        "compared side by side in one run: size, p50 latency (interleaved runs after a warm-up, the same "
+        "session options) and agreement (top-1 and the largest absolute error, on the calibration data, "
+        "else on 64 samples generated from the input signature with a fixed seed). Below --min-agreement "
+        "nothing is published and the command fails; otherwise the INT8 model is pushed as the next "
+        "version with the source's labels and preprocessing, its lineage in the manifest's optimization "
+        "field. Needs the onnx package (the local extra).",
+    )
+    optimize.add_argument(
+        "model", type=_model_reference, metavar="NAME[:VERSION]", help="the source model (default: latest)"
+    )
+    optimize.add_argument(
+        "--int8", action="store_true", required=True, help="quantise to INT8 (the one method so far)"
+    )
+    optimize.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE.npz",
+        help="calibration data: an .npz with one array per model input, keyed by input name, samples along "
+        "the first axis; makes the quantisation static, and the agreement is measured on it",
+    )
+    optimize.add_argument(
+        "--store", default=_default_store(), metavar="URI", help="store URI (default: %(default)s)"
+    )
+    optimize.add_argument(
+        "--min-agreement",
+        type=_fraction,
+        default=0.99,
+        metavar="FRACTION",
+        help="refuse to publish if the INT8 model's top-1 agrees with the source's on less than this "
+        "fraction of the samples (default: %(default)s)",
+    )
+    optimize.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    optimize.set_defaults(run=command_optimize)
+
+
+def _add_example_command(commands: Any) -> None:
+    example = commands.add_parser(
+        "example",
+        help="build an example model to push and try: digits, an image classifier",
+        description="Build an example model with our own code, nothing downloaded. digits: a small image "
+        "classifier trained in seconds on scikit-learn's bundled 8x8 handwritten digits (the examples "
+        "extra), written to DIR as digits.onnx, digits.labels.json, digits.preprocessing.json (for push "
+        "--preprocessing), digits.calibration.npz (for optimize --int8 --calibration) and sample images "
+        "digit-3.png and digit-7.png (for infer --image).",
+    )
+    example.add_argument("example", choices=["digits"], help="which example")
+    example.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write to")
+    example.set_defaults(run=command_example)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelship", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"modelship {__version__}")
@@ -389,6 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="class labels: a JSON list of strings, or one label per line",
+    )
+    push.add_argument(
+        "--preprocessing",
+        type=Path,
+        metavar="FILE.json",
+        help="an image model's preprocessing block (input, size, channels, layout, scale, mean, std; "
+        "docs/contracts.md), checked against the model's input and recorded in the manifest, from where "
+        "'infer --image' reads it",
     )
     push.add_argument(
         "--convert",
@@ -451,12 +666,28 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--model-version", type=_version, metavar="N", help="model version (default: the latest)"
     )
-    infer.add_argument(
+    given = infer.add_mutually_exclusive_group(required=True)
+    given.add_argument(
         "--input",
         action="append",
-        required=True,
         metavar="NAME=(VALUE|@file.npy|@file.json)",
         help="an input tensor; repeat for several inputs. NAME= may be left out for a model with one input",
+    )
+    given.add_argument(
+        "--image",
+        type=Path,
+        metavar="FILE",
+        help="a PNG or JPEG image, resized and normalised as the model's preprocessing block says (the "
+        "examples extra's Pillow); prints the top classes with their labels",
+    )
+    infer.add_argument(
+        "--preprocessing",
+        type=Path,
+        metavar="FILE.json",
+        help="with --image: this preprocessing block instead of the one in the model's metadata",
+    )
+    infer.add_argument(
+        "--top", type=_positive, metavar="K", help="with --image: how many classes to print (default: 5)"
     )
     infer.add_argument("--output", action="append", metavar="NAME", help="request only these outputs")
     infer.add_argument("--binary", action="store_true", help="use the binary tensor data extension both ways")
@@ -487,6 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
     export.set_defaults(run=command_export_default)
+    _add_optimize_command(commands)
+    _add_example_command(commands)
     _add_edge_commands(commands)
     return parser
 
