@@ -27,6 +27,7 @@ SERIES_FILES = {
     "footprint": "footprint.json",
     "http": "http.json",
     "cost": "cost.json",
+    "int8": "int8.json",
 }
 LAYER_TARGET_BYTES = 25_000_000
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -849,6 +850,15 @@ def section_cost(cost: dict[str, Any] | None, why: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
+def section_int8(document: dict[str, Any] | None, error: str) -> list[str]:
+    # bench/int8.py renders its own section (it runs modelship optimize's code); imported only here, as
+    # it brings onnxruntime in.
+    import int8
+
+    lines: list[str] = int8.section_lines(document, error)
+    return lines
+
+
 def write_report(data: Path, docs: Path) -> Path:
     loaded = load(data)
     run = loaded.get("run", {})
@@ -896,6 +906,7 @@ def write_report(data: Path, docs: Path) -> Path:
         ("series 8", lambda: section_cold(cold, step_error(run, "cold_start"), plots)),
         ("series 9", lambda: section_footprint(footprint, step_error(run, "footprint"), plots)),
         ("series 10", lambda: section_cost(cost, step_error(run, "cost"))),
+        ("INT8", lambda: section_int8(loaded.get("int8"), step_error(run, "int8"))),
     ]
     for name, section in sections:
         try:

@@ -34,7 +34,7 @@ import cost  # noqa: E402
 import report  # noqa: E402
 from models import write_models  # noqa: E402
 
-STEPS = ("inprocess", "cold_start", "footprint", "http", "cost")
+STEPS = ("inprocess", "cold_start", "footprint", "http", "cost", "int8")
 HTTP_MODELS = ("tiny", "cnn")
 # Each subprocess series is bounded, so a wedged run cannot hold `make bench` for ever.
 STEP_TIMEOUT_SECONDS = 900
@@ -176,6 +176,7 @@ def main() -> int:
         ),
         "http": lambda: http_step(data, args.quick),
         "cost": lambda: cost_step(data),
+        "int8": lambda: run_script("int8.py", data / "int8.json", quick),
     }
     if args.build_layers:
         progress("== layers")
