@@ -5,9 +5,13 @@ view of the model components' artifacts (``store_view``), imports the Lambda han
 ``inference.app`` over it, and serves it behind the local HTTP door, as ``modelship serve`` does; under a
 nucleus it also bridges local pub/sub requests and applies configuration updates in place (``ipc``).
 
-It makes no network call and needs no AWS credentials. The nucleus gives a component 5 s between
-SIGTERM and SIGKILL, so the shutdown is bounded well inside that: stop accepting, a short grace for
-requests in flight, then the runs still inside onnxruntime are cancelled (they answer 503).
+It makes no network call and needs no AWS credentials, unless the cloud fallback is configured
+(``cloud_fallback``): then a request for a model the device does not hold goes to the cloud endpoint,
+signed with the token exchange service's credentials or carrying an API key.
+
+The nucleus gives a component 5 s between SIGTERM and SIGKILL, so the shutdown is bounded well inside
+that: stop accepting, a short grace for requests in flight, then the runs still inside onnxruntime are
+cancelled (they answer 503).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from modelship.core.service import InferenceService
 from modelship.core.settings import PRELOAD_ENV, STORE_ENV
 from modelship.doors.local_http import LambdaHandler, Limits, LocalServer
 
+from edge_greengrass.cloud_fallback import CloudForwarder, HybridHandler
 from edge_greengrass.ipc import (
     IPC_OFF_MESSAGE,
     IpcBridge,
@@ -44,13 +49,16 @@ from edge_greengrass.ipc import (
     report_errored,
 )
 from edge_greengrass.settings import (
+    CLOUD_ENVIRONMENT,
     DEFAULT_CONFIGURATION,
     MAX_REQUEST_BYTES_KEY,
     MAX_WORKER_THREADS,
     PORT_KEY,
     WORKER_THREADS_KEY,
+    CloudSettings,
     EdgeConfigurationError,
     EdgeSettings,
+    parse_cloud_configuration,
     parse_configuration,
     parse_whole_number,
 )
@@ -115,6 +123,7 @@ class EdgeDoor:
         self.server: LocalServer | None = None
         self.service: InferenceService | None = None
         self.view: StoreView | None = None
+        self.forwarder: CloudForwarder | None = None
         self.abandoned = 0
         self._work_lock: int | None = None
         self._exit_code = 0
@@ -148,6 +157,7 @@ class EdgeDoor:
             logger.exception("cannot import the inference handler")
             return self._cannot_serve("the inference handler could not be loaded")
         self.service = service
+        handler = self._with_cloud_fallback(handler, self.view)
         service.settings = dataclasses.replace(
             service.settings,
             preload=tuple((model.name, model.version) for model in self.view.models),
@@ -181,6 +191,39 @@ class EdgeDoor:
         if self._stop_requested.is_set():
             self.server.shutdown()
         return 0
+
+    def cloud_settings(self) -> CloudSettings | None:
+        """The cloud fallback's settings, from the environment the recipe's Run step sets from the
+        configuration; None when it is off, or (logged) when a value is unusable: then the door serves
+        what it holds and nothing goes to the cloud."""
+        configured = {
+            key: self.environ[name] for key, name in CLOUD_ENVIRONMENT.items() if name in self.environ
+        }
+        try:
+            return parse_cloud_configuration(configured)
+        except EdgeConfigurationError as error:
+            logger.error("the cloud fallback is off: %s", error)
+            return None
+
+    def _with_cloud_fallback(self, handler: LambdaHandler, view: StoreView) -> LambdaHandler:
+        cloud = self.cloud_settings()
+        if cloud is None:
+            return handler
+        held: dict[str, frozenset[int]] = {}
+        for model in view.models:
+            held[model.name] = held.get(model.name, frozenset()) | {model.version}
+        forwarder = CloudForwarder(cloud, self.environ)
+        logger.info(
+            "cloud fallback on: models not held here%s go to %s (auth %s%s)",
+            f" and {sorted(cloud.cloud_only_models)}" if cloud.cloud_only_models else "",
+            cloud.endpoint,
+            cloud.auth,
+            f", region {forwarder.region}" if forwarder.region else "",
+        )
+        for problem in forwarder.problems():
+            logger.error("the cloud fallback cannot work: %s; requests for the cloud answer 503", problem)
+        self.forwarder = forwarder
+        return HybridHandler(handler, held, forwarder)
 
     def _lock_work_folder(self) -> None:
         """Hold {work}/.lock for the process's life: a second door on the same folder would swap the
@@ -327,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve ONNX models on a device: the modelship Greengrass component's process. It serves the "
             "Open Inference Protocol over HTTP (as `modelship serve` does) from the model components' "
             "artifact folders and, when started by a Greengrass nucleus, over local pub/sub too. It needs "
-            "no AWS credentials and makes no network call."
+            "no AWS credentials and makes no network call, unless the cloud fallback is configured "
+            "(MODELSHIP_EDGE_CLOUD_* variables, set by the recipe from the cloud* configuration keys)."
         ),
         epilog=(
             "Under a nucleus, workerThreads, maxRequestBytes, requestTopicPrefix and replyTopicPrefix are "

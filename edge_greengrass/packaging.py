@@ -237,9 +237,12 @@ def package(
     *,
     component_name: str = INFERENCE_COMPONENT_NAME,
     component_version: str | None = None,
+    configuration: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> Package:
-    """Write the package into ``out_dir`` and return it as ``read_package`` reads it back."""
+    """Write the package into ``out_dir`` and return it as ``read_package`` reads it back.
+    ``configuration`` overrides the recipe's DefaultConfiguration (``cloudAuth: sigv4`` adds the
+    dependency on the token exchange service)."""
     say = progress or (lambda message: None)
     if not models:
         raise PackageError("name at least one --model to package")
@@ -247,7 +250,11 @@ def package(
     sources = read_model_sources(store_uri, models, say)
     say("building the inference component's zip (the core, the Lambda handler, the edge door)")
     model_recipes, inference, zip_bytes = build_components(
-        store_uri, sources, component_name=component_name, component_version=component_version
+        store_uri,
+        sources,
+        component_name=component_name,
+        component_version=component_version,
+        configuration=configuration,
     )
     for recipe in (*model_recipes, inference):
         try:

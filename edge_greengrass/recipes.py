@@ -20,7 +20,16 @@ from modelship import __version__
 from modelship.core.errors import BadRequest
 from modelship.core.repository import MANIFEST_FILE, MODEL_FILE, manifest_key, model_key
 
-from edge_greengrass.settings import DEFAULT_CONFIGURATION, access_control_policy
+from edge_greengrass.settings import (
+    AUTH_SIGV4,
+    CLOUD_API_KEY_KEY,
+    CLOUD_AUTH_KEY,
+    CLOUD_ENVIRONMENT,
+    DEFAULT_CONFIGURATION,
+    EdgeConfigurationError,
+    access_control_policy,
+    parse_cloud_configuration,
+)
 
 RECIPE_FORMAT_VERSION: Final = "2020-01-25"
 INFERENCE_COMPONENT_NAME: Final = "com.modelship.Inference"
@@ -30,6 +39,10 @@ COMPONENT_PUBLISHER: Final = "modelship"
 COMPONENTS_PREFIX: Final = "components"
 ZIP_STEM: Final = "modelship-edge"
 ZIP_NAME: Final = f"{ZIP_STEM}.zip"
+# The public component that gives a component AWS credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI); the
+# developer guide's own example depends on it this way.
+TOKEN_EXCHANGE_SERVICE: Final = "aws.greengrass.TokenExchangeService"  # noqa: S105 (a name)
+TOKEN_EXCHANGE_SERVICE_REQUIREMENT: Final = "^2.0.0"  # noqa: S105 (a version range)
 ARTIFACT_ALGORITHM: Final = "SHA-256"
 # A cold pip install of onnxruntime and numpy on a slow ARM device with a slow link; the nucleus's
 # default of 120 s is the classic cause of failed ML component installs.
@@ -188,6 +201,35 @@ def run_script(venv_dir: str, models: Sequence[ModelSource]) -> str:
     )
 
 
+def cloud_setenv() -> dict[str, str]:
+    """The Run step's environment: each cloud key, interpolated from the configuration. Setenv rather than
+    the command line: no value passes through ``sh``, and the API key stays out of ``ps``."""
+    return {name: f"{{configuration:/{key}}}" for key, name in CLOUD_ENVIRONMENT.items()}
+
+
+def needs_token_exchange(configuration: Mapping[str, Any]) -> bool:
+    """True when the recipe's configuration signs cloud requests with SigV4: only then does the component
+    depend on the token exchange service. A device without the fallback (or with an API key) gets no
+    dependency that would hand it the device role's AWS credentials, nor one on the role alias's setup."""
+    raw = configuration.get(CLOUD_AUTH_KEY)
+    return isinstance(raw, str) and raw.strip().lower() == AUTH_SIGV4
+
+
+def _check_cloud_configuration(configuration: Mapping[str, Any]) -> None:
+    if str(configuration.get(CLOUD_API_KEY_KEY) or "").strip():
+        raise BadRequest(
+            f"{CLOUD_API_KEY_KEY} must not be in a recipe (anyone who can read the component can read it): "
+            "set it in the deployment's configuration merge"
+        )
+    try:
+        parse_cloud_configuration(
+            {key: value for key, value in configuration.items() if key != CLOUD_API_KEY_KEY}
+        )
+    except EdgeConfigurationError as error:
+        if CLOUD_API_KEY_KEY not in str(error):
+            raise BadRequest(f"the cloud fallback's configuration: {error}") from None
+
+
 def install_script() -> str:
     unpacked = f"{{artifacts:decompressedPath}}/{ZIP_STEM}"
     return (
@@ -212,6 +254,7 @@ def inference_recipe(
         raise BadRequest("the inference component needs at least one model")
     defaults: dict[str, Any] = dict(DEFAULT_CONFIGURATION)
     defaults.update(configuration or {})
+    _check_cloud_configuration(defaults)
     defaults["accessControl"] = access_control_policy(
         component_name, defaults["requestTopicPrefix"], defaults["replyTopicPrefix"]
     )
@@ -223,9 +266,22 @@ def inference_recipe(
             "PYTHONUNBUFFERED": "1",
         },
         "Install": {"Script": install_script(), "Timeout": INSTALL_TIMEOUT_SECONDS},
-        "Run": {"Script": run_script(venv_dir, models)},
+        "Run": {"Script": run_script(venv_dir, models), "Setenv": cloud_setenv()},
     }
     artifact = _artifact(zip_uri, zip_digest, unarchive="ZIP", read="OWNER")
+    dependencies: dict[str, dict[str, str]] = {
+        source.component_name: {
+            "VersionRequirement": f"={source.component_version}",
+            "DependencyType": "HARD",
+        }
+        for source in models
+    }
+    if needs_token_exchange(defaults):
+        # HARD: the nucleus starts the component only once TES runs, so the variable is already set.
+        dependencies[TOKEN_EXCHANGE_SERVICE] = {
+            "VersionRequirement": TOKEN_EXCHANGE_SERVICE_REQUIREMENT,
+            "DependencyType": "HARD",
+        }
     return {
         "RecipeFormatVersion": RECIPE_FORMAT_VERSION,
         "ComponentName": component_name,
@@ -237,13 +293,7 @@ def inference_recipe(
         ),
         "ComponentPublisher": COMPONENT_PUBLISHER,
         "ComponentConfiguration": {"DefaultConfiguration": defaults},
-        "ComponentDependencies": {
-            source.component_name: {
-                "VersionRequirement": f"={source.component_version}",
-                "DependencyType": "HARD",
-            }
-            for source in models
-        },
+        "ComponentDependencies": dependencies,
         "Manifests": [
             {
                 "Platform": dict(platform),

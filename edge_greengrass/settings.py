@@ -10,11 +10,16 @@ Standard library and ``modelship.core`` only: the recipe builder imports this mo
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from modelship.core.settings import DEFAULT_MAX_REQUEST_BYTES
+from modelship.core.names import is_valid_model_name
+from modelship.core.settings import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 
 HOST_KEY: Final = "host"
 PORT_KEY: Final = "port"
@@ -23,6 +28,22 @@ MAX_REQUEST_BYTES_KEY: Final = "maxRequestBytes"
 REQUEST_TOPIC_PREFIX_KEY: Final = "requestTopicPrefix"
 REPLY_TOPIC_PREFIX_KEY: Final = "replyTopicPrefix"
 ACCESS_CONTROL_KEY: Final = "accessControl"
+# The hybrid fallback to the cloud endpoint (docs/edge.md, "Falling back to the cloud").
+CLOUD_ENDPOINT_KEY: Final = "cloudEndpoint"
+CLOUD_AUTH_KEY: Final = "cloudAuth"
+CLOUD_API_KEY_KEY: Final = "cloudApiKey"
+CLOUD_REGION_KEY: Final = "cloudRegion"
+CLOUD_ONLY_MODELS_KEY: Final = "cloudOnlyModels"
+CLOUD_CONNECT_TIMEOUT_MS_KEY: Final = "cloudConnectTimeoutMs"
+CLOUD_READ_TIMEOUT_MS_KEY: Final = "cloudReadTimeoutMs"
+CLOUD_MAX_RESPONSE_BYTES_KEY: Final = "cloudMaxResponseBytes"
+CLOUD_BREAKER_FAILURES_KEY: Final = "cloudBreakerFailures"
+CLOUD_BREAKER_OPEN_MS_KEY: Final = "cloudBreakerOpenMs"
+
+AUTH_NONE: Final = "none"
+AUTH_SIGV4: Final = "sigv4"
+AUTH_API_KEY: Final = "apiKey"
+CLOUD_AUTH_MODES: Final = (AUTH_NONE, AUTH_SIGV4, AUTH_API_KEY)
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
@@ -34,6 +55,21 @@ MAX_WORKER_THREADS: Final = 1024
 # Greengrass local topics may be long, but a prefix is only the start of one.
 MAX_TOPIC_PREFIX_CHARS: Final = 200
 
+DEFAULT_CLOUD_CONNECT_TIMEOUT_MS: Final = 2000
+# Above API Gateway's 29 s integration timeout, so that the gateway's own 504 (which says more) comes first.
+DEFAULT_CLOUD_READ_TIMEOUT_MS: Final = 30000
+DEFAULT_CLOUD_BREAKER_FAILURES: Final = 3
+DEFAULT_CLOUD_BREAKER_OPEN_MS: Final = 30000
+MAX_CLOUD_CONNECT_TIMEOUT_MS: Final = 60_000
+MAX_CLOUD_READ_TIMEOUT_MS: Final = 300_000
+MAX_CLOUD_BREAKER_OPEN_MS: Final = 3_600_000
+MAX_CLOUD_ENDPOINT_CHARS: Final = 2048
+MAX_CLOUD_ONLY_MODELS_CHARS: Final = 65536
+# API Gateway's keys are 20 to 128 characters; room is left for another gateway's.
+MAX_API_KEY_CHARS: Final = 1024
+_REGION: Final = re.compile(r"[a-z]{2}(-[a-z0-9]+){1,4}")
+_API_KEY: Final = re.compile(r"[\x21-\x7e]+")
+
 # The recipe's DefaultConfiguration, without accessControl (``access_control_policy`` builds it).
 DEFAULT_CONFIGURATION: Final[dict[str, str]] = {
     HOST_KEY: DEFAULT_HOST,
@@ -42,6 +78,23 @@ DEFAULT_CONFIGURATION: Final[dict[str, str]] = {
     MAX_REQUEST_BYTES_KEY: str(DEFAULT_MAX_REQUEST_BYTES),
     REQUEST_TOPIC_PREFIX_KEY: DEFAULT_REQUEST_TOPIC_PREFIX,
     REPLY_TOPIC_PREFIX_KEY: DEFAULT_REPLY_TOPIC_PREFIX,
+    CLOUD_ENDPOINT_KEY: "",
+    CLOUD_AUTH_KEY: AUTH_NONE,
+    CLOUD_API_KEY_KEY: "",
+    CLOUD_REGION_KEY: "",
+    CLOUD_ONLY_MODELS_KEY: "",
+    CLOUD_CONNECT_TIMEOUT_MS_KEY: str(DEFAULT_CLOUD_CONNECT_TIMEOUT_MS),
+    CLOUD_READ_TIMEOUT_MS_KEY: str(DEFAULT_CLOUD_READ_TIMEOUT_MS),
+    CLOUD_MAX_RESPONSE_BYTES_KEY: str(DEFAULT_MAX_RESPONSE_BYTES),
+    CLOUD_BREAKER_FAILURES_KEY: str(DEFAULT_CLOUD_BREAKER_FAILURES),
+    CLOUD_BREAKER_OPEN_MS_KEY: str(DEFAULT_CLOUD_BREAKER_OPEN_MS),
+}
+CLOUD_KEYS: Final = tuple(key for key in DEFAULT_CONFIGURATION if key.startswith("cloud"))
+# The cloud keys reach the door as environment variables that the Run step's Setenv interpolates from
+# the configuration: a change restarts the door (the nucleus restarts a component whose interpolated
+# lifecycle changes), no value ever passes through a shell, and the API key stays out of the command line.
+CLOUD_ENVIRONMENT: Final[dict[str, str]] = {
+    key: "MODELSHIP_EDGE_" + re.sub(r"([A-Z])", r"_\1", key).upper() for key in CLOUD_KEYS
 }
 
 
@@ -70,6 +123,8 @@ def parse_configuration(value: Mapping[str, Any]) -> EdgeSettings:
     if not isinstance(value, Mapping):
         raise EdgeConfigurationError(f"the configuration must be an object, got {type(value).__name__}")
     merged = {**DEFAULT_CONFIGURATION, **{k: v for k, v in value.items() if k in DEFAULT_CONFIGURATION}}
+    # The cloud keys are parsed by ``parse_cloud_configuration``: they reach the door through its
+    # environment, and a bad one turns the fallback off without touching the rest.
     return EdgeSettings(
         host=_host(merged[HOST_KEY]),
         port=parse_whole_number(PORT_KEY, merged[PORT_KEY], 1, 65535),
@@ -147,3 +202,170 @@ def access_control_policy(component_name: str, request_prefix: str, reply_prefix
             }
         }
     }
+
+
+@dataclass(frozen=True, slots=True)
+class CloudSettings:
+    """Where a request the device cannot serve goes, and how. ``endpoint`` is the API's base URL without a
+    trailing '/' (``https://<id>.execute-api.<region>.amazonaws.com/<stage>``); the API key never appears
+    in a repr, so logging these settings cannot leak it."""
+
+    endpoint: str
+    auth: str = AUTH_NONE
+    api_key: str = field(default="", repr=False)
+    region: str = ""
+    cloud_only_models: frozenset[str] = frozenset()
+    connect_timeout_seconds: float = DEFAULT_CLOUD_CONNECT_TIMEOUT_MS / 1000
+    read_timeout_seconds: float = DEFAULT_CLOUD_READ_TIMEOUT_MS / 1000
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    breaker_failures: int = DEFAULT_CLOUD_BREAKER_FAILURES
+    breaker_open_seconds: float = DEFAULT_CLOUD_BREAKER_OPEN_MS / 1000
+
+
+def parse_cloud_configuration(value: Mapping[str, Any]) -> CloudSettings | None:
+    """The cloud fallback's settings from the component's configuration (or the door's environment, which
+    carries the same keys as text), or None when ``cloudEndpoint`` is empty: the fallback is off.
+    ``EdgeConfigurationError`` names the key; it never shows the API key's value."""
+    if not isinstance(value, Mapping):
+        raise EdgeConfigurationError(f"the configuration must be an object, got {type(value).__name__}")
+    merged = {**DEFAULT_CONFIGURATION, **{k: v for k, v in value.items() if k in CLOUD_KEYS}}
+    endpoint = parse_cloud_endpoint(merged[CLOUD_ENDPOINT_KEY])
+    if endpoint is None:
+        return None
+    auth = _cloud_auth(merged[CLOUD_AUTH_KEY])
+    api_key = _api_key(merged[CLOUD_API_KEY_KEY], required=auth == AUTH_API_KEY)
+    return CloudSettings(
+        endpoint=endpoint,
+        auth=auth,
+        api_key=api_key if auth == AUTH_API_KEY else "",
+        region=_region(merged[CLOUD_REGION_KEY]),
+        cloud_only_models=parse_model_list(CLOUD_ONLY_MODELS_KEY, merged[CLOUD_ONLY_MODELS_KEY]),
+        connect_timeout_seconds=parse_whole_number(
+            CLOUD_CONNECT_TIMEOUT_MS_KEY,
+            merged[CLOUD_CONNECT_TIMEOUT_MS_KEY],
+            1,
+            MAX_CLOUD_CONNECT_TIMEOUT_MS,
+        )
+        / 1000,
+        read_timeout_seconds=parse_whole_number(
+            CLOUD_READ_TIMEOUT_MS_KEY, merged[CLOUD_READ_TIMEOUT_MS_KEY], 1, MAX_CLOUD_READ_TIMEOUT_MS
+        )
+        / 1000,
+        max_response_bytes=parse_whole_number(
+            CLOUD_MAX_RESPONSE_BYTES_KEY, merged[CLOUD_MAX_RESPONSE_BYTES_KEY], 1, 2**31 - 1
+        ),
+        breaker_failures=parse_whole_number(
+            CLOUD_BREAKER_FAILURES_KEY, merged[CLOUD_BREAKER_FAILURES_KEY], 1, 1000
+        ),
+        breaker_open_seconds=parse_whole_number(
+            CLOUD_BREAKER_OPEN_MS_KEY, merged[CLOUD_BREAKER_OPEN_MS_KEY], 1, MAX_CLOUD_BREAKER_OPEN_MS
+        )
+        / 1000,
+    )
+
+
+def parse_cloud_endpoint(raw: Any) -> str | None:
+    """``https://host[:port][/base/path]``, or ``http://`` to a loopback address only (a credential or a
+    key must never cross a network in clear text); None for an empty value (no fallback)."""
+    key = CLOUD_ENDPOINT_KEY
+    if not isinstance(raw, str):
+        raise EdgeConfigurationError(f"{key} must be a URL string, got {_shown(raw)}")
+    text = raw.strip()
+    if not text:
+        return None
+    if len(text) > MAX_CLOUD_ENDPOINT_CHARS or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in text):
+        raise EdgeConfigurationError(
+            f"{key} must be at most {MAX_CLOUD_ENDPOINT_CHARS} printable ASCII characters, got {_shown(raw)}"
+        )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise EdgeConfigurationError(f"{key} is not a URL, got {_shown(raw)}") from None
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        raise EdgeConfigurationError(f"{key} must be an https:// URL with a host, got {_shown(raw)}")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise EdgeConfigurationError(
+            f"{key} must carry no user, password, query or fragment, got {_shown(raw)}"
+        )
+    if parts.scheme == "http" and not _is_loopback_host(host):
+        raise EdgeConfigurationError(
+            f"{key} must use https:// (plain http:// only to a loopback address), got {_shown(raw)}"
+        )
+    if port == 0:
+        raise EdgeConfigurationError(f"{key} has port 0, got {_shown(raw)}")
+    return text.rstrip("/")
+
+
+def parse_model_list(key: str, raw: Any) -> frozenset[str]:
+    """Model names: a JSON array of strings (a deployment's merge, or its interpolated text) or a
+    comma-separated string; each name follows the core's grammar."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if len(text) > MAX_CLOUD_ONLY_MODELS_CHARS:
+            raise EdgeConfigurationError(f"{key} is longer than {MAX_CLOUD_ONLY_MODELS_CHARS} characters")
+        if text.startswith("["):
+            try:
+                raw = json.loads(text)
+            except (ValueError, RecursionError):
+                raise EdgeConfigurationError(
+                    f"{key} is not a JSON array of names, got {_shown(raw)}"
+                ) from None
+        else:
+            raw = [name.strip() for name in text.split(",") if name.strip()]
+    if not isinstance(raw, list) or not all(isinstance(name, str) for name in raw):
+        raise EdgeConfigurationError(f"{key} must be a list of model names, got {_shown(raw)}")
+    for name in raw:
+        if not is_valid_model_name(name):
+            raise EdgeConfigurationError(f"{key} names {_shown(name)}, which is not a valid model name")
+    return frozenset(raw)
+
+
+def _cloud_auth(raw: Any) -> str:
+    if isinstance(raw, str):
+        wanted = raw.strip().lower()
+        for mode in CLOUD_AUTH_MODES:
+            if mode.lower() == wanted:
+                return mode
+    raise EdgeConfigurationError(
+        f"{CLOUD_AUTH_KEY} must be one of {', '.join(CLOUD_AUTH_MODES)}, got {_shown(raw)}"
+    )
+
+
+def _api_key(raw: Any, *, required: bool) -> str:
+    # The value is never shown: an error message goes to the component's log.
+    if not isinstance(raw, str):
+        raise EdgeConfigurationError(f"{CLOUD_API_KEY_KEY} must be a string")
+    key = raw.strip()
+    if not key:
+        if required:
+            raise EdgeConfigurationError(
+                f"{CLOUD_API_KEY_KEY} must be set when {CLOUD_AUTH_KEY} is {AUTH_API_KEY}"
+            )
+        return ""
+    if len(key) > MAX_API_KEY_CHARS or not _API_KEY.fullmatch(key):
+        raise EdgeConfigurationError(
+            f"{CLOUD_API_KEY_KEY} must be 1 to {MAX_API_KEY_CHARS} printable ASCII characters without spaces"
+        )
+    return key
+
+
+def _region(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise EdgeConfigurationError(f"{CLOUD_REGION_KEY} must be a string, got {_shown(raw)}")
+    region = raw.strip()
+    if region and not _REGION.fullmatch(region):
+        raise EdgeConfigurationError(
+            f"{CLOUD_REGION_KEY} must be an AWS region such as eu-west-1, got {_shown(raw)}"
+        )
+    return region
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

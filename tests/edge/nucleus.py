@@ -12,10 +12,23 @@ their sources (NUC = aws-greengrass-nucleus, CC = aws-greengrass-component-commo
   nucleus's own credentials, digest check (base64 of the raw SHA-256), ZIP unarchiving with the zip-slip
   check, artifact permissions, configuration merge/reset, recipe-variable interpolation;
 - lifecycles as real ``sh -c`` subprocesses in their own process group, with the nucleus's states, error
-  counting (3 errors from one state -> BROKEN), restarts on lifecycle changes, and SIGTERM, 5 s, SIGKILL.
+  counting (3 errors from one state -> BROKEN), restarts on lifecycle changes, and SIGTERM, 5 s, SIGKILL;
+- each lifecycle process gets its component's token as ``SVCUID`` and ``AWS_CONTAINER_AUTHORIZATION_TOKEN``
+  (NUC lifecyclemanager/ShellRunner.java);
+- the token exchange service, ``aws.greengrass.TokenExchangeService`` (NUC tes/): a public component the
+  cloud always has, which the nucleus runs as a built-in service. On start it refuses an empty
+  ``iotRoleAlias`` (ERRORED), serves ``GET /2016-11-01/credentialprovider/`` on 127.0.0.1 at the
+  configured ``port`` (0: any free one), sets the nucleus-wide ``setenv``
+  ``AWS_CONTAINER_CREDENTIALS_FULL_URI=http://localhost:<port>/2016-11-01/credentialprovider/`` (so only
+  processes started after it see it; a HARD dependency guarantees that), then reports RUNNING. A request
+  needs the ``Authorization`` header to hold a component's token (else 403; the default policy lets
+  every component get credentials), another path is a 400, another method a 405. It answers the
+  credentials the AWS IoT credentials provider would (``tes_credentials``: fake test values) in the AWS
+  SDK's container format, ``{AccessKeyId, SecretAccessKey, Token, Expiration}``.
 
 What it deliberately leaves out (each is refused clearly or documented where it would matter):
-IPC (no socket, no ``SVCUID``: a component's IPC is off), TES credentials, ``Bootstrap``, ``Uninstall``,
+IPC (no socket and no ``AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT``: a component's IPC is off),
+the IoT credentials provider behind TES (the credentials are given), ``Bootstrap``, ``Uninstall``,
 running as another POSIX user (``posixUser``/``RequiresPrivilege``: every step runs as the test's user),
 rollback of a failed deployment, global ``Lifecycle`` with ``Selections``, docker/greengrass URIs,
 pre-release versions and the rarer npm range forms, disk-space guards, and the cloud's asynchronous
@@ -28,6 +41,7 @@ import base64
 import contextlib
 import copy
 import hashlib
+import http.server
 import json
 import logging
 import os
@@ -38,6 +52,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,11 +122,29 @@ FORBIDDEN_ENVIRONMENT = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "SVCUID",
     "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
 )
+
+# --- The token exchange service (NUC tes/TokenExchangeService.java, HttpServerImpl.java,
+# CredentialRequestHandler.java; lifecyclemanager/ShellRunner.java) ------------------------------------
+
+TOKEN_EXCHANGE_SERVICE = "aws.greengrass.TokenExchangeService"
+TES_VERSION = "2.0.3"
+TES_URI_ENV = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+TES_TOKEN_ENV = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
+TES_PATH = "/2016-11-01/credentialprovider/"
+#: The installer's default role alias name; a nucleus without one cannot start TES.
+DEFAULT_IOT_ROLE_ALIAS = "GreengrassV2TokenExchangeRoleAlias"
+#: What the public component's recipe says of itself (DG token-exchange-service-component.md).
+TES_RECIPE: dict[str, Any] = {
+    "RecipeFormatVersion": "2020-01-25",
+    "ComponentName": TOKEN_EXCHANGE_SERVICE,
+    "ComponentVersion": TES_VERSION,
+    "ComponentType": "aws.greengrass.generic",
+    "ComponentDescription": "Provides AWS credentials to components that depend on it",
+    "ComponentPublisher": "AWS",
+    "Manifests": [{"Platform": {"os": "linux"}, "Lifecycle": {}}],
+}
 
 
 # --- Errors -----------------------------------------------------------------------------------------------
@@ -516,6 +549,10 @@ class CloudRegistry:
         self._recipes: dict[ComponentId, dict[str, Any]] = {}
         self.digest_overrides: list[tuple[ComponentId, str, str | None, str]] = []
         self._lock = threading.Lock()
+        # Public AWS components every account can deploy.
+        public = ComponentId(TOKEN_EXCHANGE_SERVICE, TES_VERSION)
+        self._submitted[public] = copy.deepcopy(TES_RECIPE)
+        self._recipes[public] = copy.deepcopy(TES_RECIPE)
 
     def create_component_version(
         self, recipe: Mapping[str, Any] | str | bytes, *, compute_digests: bool = True
@@ -1019,6 +1056,97 @@ class Service:
             sink.write(separator + f"[nucleus] {self.name}: {text}\n".encode())
 
 
+class TokenExchangeService(Service):
+    """``aws.greengrass.TokenExchangeService``: a built-in service of the nucleus, not a process. Starting
+    refuses an empty ``iotRoleAlias`` (ERRORED, so three starts make it BROKEN), then serves credentials and
+    sets the nucleus-wide ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` before reporting RUNNING."""
+
+    def __init__(self, nucleus: Nucleus, config: ServiceConfig) -> None:
+        super().__init__(nucleus, config)
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._server_thread: threading.Thread | None = None
+
+    def _start_and_run(self) -> None:
+        if not self.nucleus.iot_role_alias.strip():
+            self.nucleus.log(f"{self.name}: iotRoleAlias parameter is either empty or not configured for TES")
+            if self._errored("iotRoleAlias is empty"):
+                self._restart_after_error()
+            return
+        port = int(str(ci_get(self.config.configuration, "port", 0) or 0))
+        nucleus = self.nucleus
+
+        class Handler(_CredentialRequestHandler):
+            pass
+
+        Handler.nucleus = nucleus
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self._server_thread = threading.Thread(
+            target=server.serve_forever, name="tes-http", kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._server_thread.start()
+        active = server.server_address[1]
+        self.config.configuration["activePort"] = active
+        nucleus.nucleus_setenv[TES_URI_ENV] = f"http://localhost:{active}{TES_PATH}"
+        nucleus.log(f"{self.name}: started server at port {active}")
+        self._report(RUNNING)
+        self._watch_running(None)
+
+    def _stop_processes(self) -> None:
+        super()._stop_processes()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self.nucleus.log(f"{self.name}: stopped server")
+
+
+class _CredentialRequestHandler(http.server.BaseHTTPRequestHandler):
+    """NUC CredentialRequestHandler.handle: GET only (405), the one path (400), a component's token in
+    ``Authorization`` (403), then the credentials."""
+
+    nucleus: Nucleus
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path != TES_PATH:
+            self._answer(400)
+            return
+        principal = self.nucleus.authenticate(self.headers.get("Authorization"))
+        if principal is None:
+            self.nucleus.log("TokenExchangeService: request denied due to invalid token")
+            self._answer(403)
+            return
+        self.nucleus.tes_requests.append(principal)
+        body = json.dumps(self.nucleus.tes_credentials).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _refuse_method(self) -> None:
+        self._answer(405)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _refuse_method  # noqa: N815
+
+    def _answer(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("TES: " + format, *args)
+
+
+def make_service(nucleus: Nucleus, config: ServiceConfig) -> Service:
+    """The nucleus's built-in services are classes of its own (``@ImplementsService``), not processes."""
+    if config.name == TOKEN_EXCHANGE_SERVICE:
+        return TokenExchangeService(nucleus, config)
+    return Service(nucleus, config)
+
+
 # --- The nucleus ------------------------------------------------------------------------------------------
 
 
@@ -1042,6 +1170,8 @@ class Nucleus:
     (``access_key``/``secret_key``, fake test values), which no component ever sees.
     ``nucleus_setenv``: the nucleus-wide ``setenv`` every lifecycle step gets first.
     ``download_attempts``/``download_retry_seconds``: the checksum-mismatch retry (10 x 1 min on a device).
+    ``iot_role_alias``: the nucleus's ``iotRoleAlias`` (TES refuses to start without one);
+    ``tes_credentials``: what the AWS IoT credentials provider would vend through it.
     """
 
     def __init__(
@@ -1062,6 +1192,8 @@ class Nucleus:
         path: str = DEVICE_PATH,
         home: Path | None = None,
         platform: Mapping[str, str] | None = None,
+        iot_role_alias: str = DEFAULT_IOT_ROLE_ALIAS,
+        tes_credentials: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.s3_endpoint = s3_endpoint
@@ -1079,6 +1211,21 @@ class Nucleus:
         self.platform = dict(platform) if platform is not None else device_platform()
         self.cloud = cloud if cloud is not None else CloudRegistry(lambda: self.s3_client(record=False))
         self.services: dict[str, Service] = {}
+        self.iot_role_alias = iot_role_alias
+        expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        self.tes_credentials = dict(
+            tes_credentials
+            or {
+                "AccessKeyId": "ASIATESTDEVICEROLE01",
+                "SecretAccessKey": "tes-device-role-secret-testing",
+                "Token": "tes-device-role-session-token-testing",
+                "Expiration": expiration,
+            }
+        )
+        #: The component behind each successful credentials request, in order.
+        self.tes_requests: list[str] = []
+        self._tokens: dict[str, str] = {}
+        self._tokens_lock = threading.Lock()
         self.changed = threading.Condition()
         self.s3_calls: list[str] = []
         self._deploy_lock = threading.RLock()
@@ -1506,7 +1653,7 @@ class Nucleus:
                 continue
             service = self.services.get(name)
             if service is None:
-                service = Service(self, configs[name])
+                service = make_service(self, configs[name])
                 self.services[name] = service
             service.config = configs[name]
             service.start(INSTALLED if action == "restart" else NEW)
@@ -1529,7 +1676,7 @@ class Nucleus:
             configs = {
                 name: ServiceConfig.from_json(name, value) for name, value in data.get("services", {}).items()
             }
-            self.services = {name: Service(self, config) for name, config in configs.items()}
+            self.services = {name: make_service(self, config) for name, config in configs.items()}
             self.log("nucleus launched from the local config")
             for name in _dependency_order(configs):
                 self.services[name].start(NEW)
@@ -1567,9 +1714,10 @@ class Nucleus:
 
     def environment(self, config: ServiceConfig, step: Step) -> dict[str, str]:
         """A lifecycle process's environment: a minimal base (the nucleus's service has little more),
-        the device variables the nucleus always sets, then Setenv layered nucleus-wide, lifecycle, step
-        (NUC ShellRunner, GenericExternalService.addEnv). No AWS credentials, no IPC variables: with no
-        IPC server here, a component that checks for them runs with IPC off."""
+        the device variables the nucleus always sets and the component's token, then Setenv layered
+        nucleus-wide (where TES puts its URI), lifecycle, step (NUC ShellRunner,
+        GenericExternalService.addEnv). No AWS credentials, and no IPC socket variable: with no IPC server
+        here, a component that checks for it runs with IPC off."""
         environment = {
             "PATH": self.path,
             "HOME": str(self.home),
@@ -1578,12 +1726,29 @@ class Nucleus:
             "AWS_DEFAULT_REGION": self.region,
             "AWS_IOT_THING_NAME": self.thing_name,
             "GG_ROOT_CA_PATH": str(self.root_ca_path),
+            # The component's identity, for IPC and for TES (ShellRunner sets both to the same token).
+            "SVCUID": self.token(config.name),
+            TES_TOKEN_ENV: self.token(config.name),
         }
         environment.update(self.nucleus_setenv)
         lifecycle_setenv = ci_get(config.lifecycle, "Setenv") or {}
         environment.update({str(k): json_text(v) for k, v in lifecycle_setenv.items()})
         environment.update(step.setenv)
         return environment
+
+    # -- identity (NUC ipc/AuthenticationHandler) -------------------------------------------------------
+
+    def token(self, name: str) -> str:
+        with self._tokens_lock:
+            return self._tokens.setdefault(name, uuid.uuid4().hex)
+
+    def authenticate(self, token: str | None) -> str | None:
+        """The component a token belongs to, or None (unknown, missing, or its component is gone)."""
+        if not token:
+            return None
+        with self._tokens_lock:
+            names = [name for name, known in self._tokens.items() if known == token]
+        return names[0] if names and names[0] in self.services else None
 
     # -- observing ---------------------------------------------------------------------------------------
 
@@ -1684,6 +1849,8 @@ __all__ = [
     "RUNNING",
     "STARTING",
     "STOPPING",
+    "TES_PATH",
+    "TOKEN_EXCHANGE_SERVICE",
     "ChecksumMismatch",
     "CloudRegistry",
     "ComponentId",

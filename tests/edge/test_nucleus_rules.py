@@ -23,6 +23,8 @@ from tests.edge.nucleus import (
     NEW,
     RUNNING,
     STOPPING,
+    TES_PATH,
+    TOKEN_EXCHANGE_SERVICE,
     ChecksumMismatch,
     ConfigurationUpdate,
     ConflictError,
@@ -407,7 +409,7 @@ def test_setenv_layers_and_device_variables(nucleus: Nucleus) -> None:
     ]
 
 
-def test_no_credentials_and_no_ipc_in_the_component_environment(
+def test_no_credentials_and_no_ipc_socket_in_the_component_environment(
     nucleus: Nucleus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Even when the process hosting the nucleus holds credentials, no component sees them.
@@ -424,19 +426,85 @@ def test_no_credentials_and_no_ipc_in_the_component_environment(
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-        "SVCUID",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",  # only once TES runs
         "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
         "AWS_ENDPOINT_URL",
     ):
         assert forbidden not in environment, forbidden
+    # The component's own token, as ShellRunner gives it: an identity, not a credential.
+    assert environment["SVCUID"] == environment["AWS_CONTAINER_AUTHORIZATION_TOKEN"] == nucleus.token(name)
     assert "testing" not in dumped and "host-secret" not in dumped
     assert environment["AWS_REGION"] == environment["AWS_DEFAULT_REGION"] == "us-east-1"
     assert environment["AWS_IOT_THING_NAME"] == nucleus.thing_name
     assert Path(environment["GG_ROOT_CA_PATH"]).exists()
     assert environment["PATH"] == DEVICE_PATH
     assert environment["HOME"] == str(nucleus.home)
+
+
+# --- the token exchange service ----------------------------------------------------------------------
+
+TES_PROBE = """
+import json, os, urllib.error, urllib.request
+
+def ask(url, token=None, method="GET"):
+    request = urllib.request.Request(url, method=method)
+    if token is not None:
+        request.add_header("Authorization", token)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+uri = os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+token = os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+status, credentials = ask(uri, token)
+print(uri)
+print(status, sorted(credentials), credentials["AccessKeyId"])
+print(ask(uri)[0], ask(uri, "not-a-token")[0], ask(uri + "other", token)[0], ask(uri, token, "POST")[0])
+"""
+
+
+def tes_dependent(nucleus: Nucleus, name: str) -> None:
+    nucleus.work_path(name).mkdir(parents=True, exist_ok=True)
+    (nucleus.work_path(name) / "probe.py").write_text(TES_PROBE)
+    nucleus.register(
+        recipe(
+            name,
+            lifecycle={"Run": "python3 {work:path}/probe.py"},
+            dependencies={TOKEN_EXCHANGE_SERVICE: {"VersionRequirement": "^2.0.0", "DependencyType": "HARD"}},
+        )
+    )
+
+
+def test_a_dependent_of_tes_gets_its_uri_and_credentials_with_its_own_token(nucleus: Nucleus) -> None:
+    name = "com.example.UsesTes"
+    tes_dependent(nucleus, name)
+    result = nucleus.deploy({name: "1.0.0"})
+    assert result.components == {name: "1.0.0", TOKEN_EXCHANGE_SERVICE: "2.0.3"}, "a public component"
+    nucleus.wait_until_finished(name)
+    assert nucleus.state(TOKEN_EXCHANGE_SERVICE) == RUNNING
+    uri, credentials, refusals = output_lines(nucleus, name)
+    port = nucleus.configuration(TOKEN_EXCHANGE_SERVICE)["activePort"]
+    assert uri == f"http://localhost:{port}{TES_PATH}"
+    keys = "['AccessKeyId', 'Expiration', 'SecretAccessKey', 'Token']"
+    assert credentials == f"200 {keys} {nucleus.tes_credentials['AccessKeyId']}"
+    assert refusals == "403 403 400 405", "no token, a wrong token, another path, another method"
+    assert nucleus.tes_requests == [name], "only the request with the component's token was answered"
+    assert nucleus.tes_credentials["SecretAccessKey"] not in nucleus.logs(name) + nucleus.nucleus_log()
+
+
+def test_tes_without_a_role_alias_breaks_and_its_dependent_never_starts(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    with running_nucleus(tmp_path / "gg", moto_endpoint, iot_role_alias="") as nucleus:
+        name = "com.example.NeedsTes"
+        tes_dependent(nucleus, name)
+        nucleus.deploy({name: "1.0.0"}, wait=False)
+        assert nucleus.wait_for(TOKEN_EXCHANGE_SERVICE, (BROKEN, RUNNING), 30) == BROKEN
+        assert nucleus.state(name) == "INSTALLED", "a HARD dependency that is not running holds it back"
+        assert output_lines(nucleus, name) == []
+        assert "iotRoleAlias" in nucleus.nucleus_log()
 
 
 # --- lifecycle -----------------------------------------------------------------------------------------

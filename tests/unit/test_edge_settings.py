@@ -22,6 +22,16 @@ def test_the_defaults_are_the_table_in_docs_edge_md() -> None:
         "maxRequestBytes": "6291456",
         "requestTopicPrefix": "modelship/infer",
         "replyTopicPrefix": "modelship/reply",
+        "cloudEndpoint": "",
+        "cloudAuth": "none",
+        "cloudApiKey": "",
+        "cloudRegion": "",
+        "cloudOnlyModels": "",
+        "cloudConnectTimeoutMs": "2000",
+        "cloudReadTimeoutMs": "30000",
+        "cloudMaxResponseBytes": "6291456",
+        "cloudBreakerFailures": "3",
+        "cloudBreakerOpenMs": "30000",
     }
     assert all(isinstance(value, str) for value in DEFAULT_CONFIGURATION.values())
     assert int(DEFAULT_CONFIGURATION["maxRequestBytes"]) == DEFAULT_MAX_REQUEST_BYTES
