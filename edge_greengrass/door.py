@@ -58,6 +58,7 @@ from edge_greengrass.settings import (
     CloudSettings,
     EdgeConfigurationError,
     EdgeSettings,
+    offline_trusted_keys_from_env,
     parse_cloud_configuration,
     parse_configuration,
     parse_whole_number,
@@ -150,6 +151,10 @@ class EdgeDoor:
             return self._cannot_serve("no model can be served: every --model was refused")
         for model in self.view.models:
             logger.info("serving %s version %d from %s", model.name, model.version, model.folder)
+        try:
+            offline_trusted_keys_from_env(self.environ)
+        except EdgeConfigurationError as error:
+            return self._cannot_serve(f"cannot check model signatures: {error}")
         prepare_environment(self.environ, self.view.root)
         try:
             handler, service = self._load_handler()

@@ -24,7 +24,7 @@ import yaml
 from modelship.core.blobs import BlobNotFound, BlobTooLarge, S3BlobStore, open_blob_store
 from modelship.core.errors import BadRequest, ModelshipError
 from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
-from modelship.core.repository import ModelRepository, manifest_key, model_key
+from modelship.core.repository import ModelRepository, manifest_key, model_key, signature_key
 
 from edge_greengrass.install import venv_dir_name
 from edge_greengrass.recipe_schema import RecipeError, check_recipe
@@ -180,7 +180,11 @@ def read_model_sources(
         progress(f"reading the manifest of {name} version {resolved} from {repository.uri}")
         raw = _read_manifest_bytes(repository, name, resolved)
         manifest = Manifest.loads(raw, expected_name=name, expected_version=resolved)
-        sources.append(ModelSource.from_store(bucket, prefix, name, resolved, manifest.sha256, raw))
+        # Shipped as it is, when the version has one: the device checks it against its trustedKeys.
+        signature = repository.read_signature(name, resolved)
+        sources.append(
+            ModelSource.from_store(bucket, prefix, name, resolved, manifest.sha256, raw, signature)
+        )
     return sources
 
 
@@ -333,7 +337,7 @@ def _check_artifact_places(component: Component, bucket: str, prefix: str) -> No
         if rest != "0.0" or not major.isdigit():
             raise PackageError(f"{component.name} {component.version}: a model component's version is N.0.0")
         version = int(major)
-        keys = (model_key(name, version), manifest_key(name, version))
+        keys = (model_key(name, version), manifest_key(name, version), signature_key(name, version))
         expected = {s3_uri(bucket, prefix, key) for key in keys}
     else:
         expected = {

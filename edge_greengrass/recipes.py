@@ -18,7 +18,8 @@ from typing import Any, Final
 import yaml
 from modelship import __version__
 from modelship.core.errors import BadRequest
-from modelship.core.repository import MANIFEST_FILE, MODEL_FILE, manifest_key, model_key
+from modelship.core.repository import MANIFEST_FILE, MODEL_FILE, manifest_key, model_key, signature_key
+from modelship.core.settings import TRUSTED_KEYS_ENV
 
 from edge_greengrass.settings import (
     AUTH_SIGV4,
@@ -26,6 +27,7 @@ from edge_greengrass.settings import (
     CLOUD_AUTH_KEY,
     CLOUD_ENVIRONMENT,
     DEFAULT_CONFIGURATION,
+    TRUSTED_KEYS_KEY,
     EdgeConfigurationError,
     access_control_policy,
     parse_cloud_configuration,
@@ -129,11 +131,22 @@ class ModelSource:
     model_digest: str
     manifest_uri: str
     manifest_digest: str
+    # The manifest's signature (manifest.sig.json), when the version has one.
+    signature_uri: str | None = None
+    signature_digest: str | None = None
 
     @classmethod
     def from_store(
-        cls, bucket: str, prefix: str, name: str, version: int, model_sha256_hex: str, manifest_bytes: bytes
+        cls,
+        bucket: str,
+        prefix: str,
+        name: str,
+        version: int,
+        model_sha256_hex: str,
+        manifest_bytes: bytes,
+        signature_bytes: bytes | None = None,
     ) -> ModelSource:
+        signed = signature_bytes is not None
         return cls(
             name=name,
             version=version,
@@ -141,6 +154,8 @@ class ModelSource:
             model_digest=digest_from_sha256_hex(model_sha256_hex),
             manifest_uri=s3_uri(bucket, prefix, manifest_key(name, version)),
             manifest_digest=greengrass_digest(manifest_bytes),
+            signature_uri=s3_uri(bucket, prefix, signature_key(name, version)) if signed else None,
+            signature_digest=greengrass_digest(signature_bytes) if signature_bytes is not None else None,
         )
 
     @property
@@ -170,6 +185,10 @@ def model_recipe(source: ModelSource) -> dict[str, Any]:
         _artifact(source.model_uri, source.model_digest, unarchive="NONE", read="ALL"),
         _artifact(source.manifest_uri, source.manifest_digest, unarchive="NONE", read="ALL"),
     ]
+    if source.signature_uri is not None and source.signature_digest is not None:
+        artifacts.append(
+            _artifact(source.signature_uri, source.signature_digest, unarchive="NONE", read="ALL")
+        )
     return {
         "RecipeFormatVersion": RECIPE_FORMAT_VERSION,
         "ComponentName": source.component_name,
@@ -266,7 +285,11 @@ def inference_recipe(
             "PYTHONUNBUFFERED": "1",
         },
         "Install": {"Script": install_script(), "Timeout": INSTALL_TIMEOUT_SECONDS},
-        "Run": {"Script": run_script(venv_dir, models), "Setenv": cloud_setenv()},
+        "Run": {
+            "Script": run_script(venv_dir, models),
+            # The door refuses a value it cannot use offline (edge_greengrass.settings).
+            "Setenv": {**cloud_setenv(), TRUSTED_KEYS_ENV: f"{{configuration:/{TRUSTED_KEYS_KEY}}}"},
+        },
     }
     artifact = _artifact(zip_uri, zip_digest, unarchive="ZIP", read="OWNER")
     dependencies: dict[str, dict[str, str]] = {

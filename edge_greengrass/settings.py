@@ -19,7 +19,13 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from modelship.core.names import is_valid_model_name
-from modelship.core.settings import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES
+from modelship.core.settings import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    TRUSTED_KEYS_ENV,
+    parse_trusted_keys,
+)
+from modelship.core.signing import MAX_PEM_BYTES, trusted_key_entry_kind
 
 HOST_KEY: Final = "host"
 PORT_KEY: Final = "port"
@@ -28,6 +34,10 @@ MAX_REQUEST_BYTES_KEY: Final = "maxRequestBytes"
 REQUEST_TOPIC_PREFIX_KEY: Final = "requestTopicPrefix"
 REPLY_TOPIC_PREFIX_KEY: Final = "replyTopicPrefix"
 ACCESS_CONTROL_KEY: Final = "accessControl"
+# PEM public keys a model's manifest must be signed by (core.signing), checked on the device, offline.
+# The Run step's Setenv hands it to the door as MODELSHIP_TRUSTED_KEYS: a change restarts the component
+# (the nucleus restarts one whose interpolated lifecycle changes), which checks every model again.
+TRUSTED_KEYS_KEY: Final = "trustedKeys"
 # The hybrid fallback to the cloud endpoint (docs/edge.md, "Falling back to the cloud").
 CLOUD_ENDPOINT_KEY: Final = "cloudEndpoint"
 CLOUD_AUTH_KEY: Final = "cloudAuth"
@@ -88,6 +98,8 @@ DEFAULT_CONFIGURATION: Final[dict[str, str]] = {
     CLOUD_MAX_RESPONSE_BYTES_KEY: str(DEFAULT_MAX_RESPONSE_BYTES),
     CLOUD_BREAKER_FAILURES_KEY: str(DEFAULT_CLOUD_BREAKER_FAILURES),
     CLOUD_BREAKER_OPEN_MS_KEY: str(DEFAULT_CLOUD_BREAKER_OPEN_MS),
+    # Empty: signatures are not required.
+    TRUSTED_KEYS_KEY: "",
 }
 CLOUD_KEYS: Final = tuple(key for key in DEFAULT_CONFIGURATION if key.startswith("cloud"))
 # The cloud keys reach the door as environment variables that the Run step's Setenv interpolates from
@@ -172,6 +184,33 @@ def parse_topic_prefix(key: str, raw: Any) -> str:
     if any(ord(character) < 0x20 or ord(character) == 0x7F for character in prefix):
         raise EdgeConfigurationError(f"{key} must not contain control characters, got {_shown(raw)}")
     return prefix
+
+
+def parse_offline_trusted_keys(key: str, raw: Any) -> str:
+    """Trusted keys a device can use offline: PEM public keys, inline or in files on the device, never a
+    KMS key (that needs the network and credentials). "" when signatures are not required."""
+    if not isinstance(raw, str) or len(raw) > MAX_PEM_BYTES:
+        raise EdgeConfigurationError(f"{key} must be PEM public keys, at most {MAX_PEM_BYTES} characters")
+    if "{configuration:" in raw:
+        # The Run step's Setenv left uninterpolated: the device's configuration lacks the key.
+        raise EdgeConfigurationError(f"{key} is missing from the component's configuration")
+    try:
+        entries = parse_trusted_keys(raw)
+    except ValueError as error:
+        raise EdgeConfigurationError(f"{key}: {error}") from None
+    for entry in entries:
+        if trusted_key_entry_kind(entry) == "kms":
+            raise EdgeConfigurationError(
+                f"{key} names the KMS key {_shown(entry)}: a device checks signatures offline; give the "
+                "key's public key in PEM instead (aws kms get-public-key)"
+            )
+    return raw.strip()
+
+
+def offline_trusted_keys_from_env(environ: Mapping[str, str]) -> str:
+    """The door's check of ``MODELSHIP_TRUSTED_KEYS`` (the Run step sets it from trustedKeys) before the
+    handler loads; ``EdgeConfigurationError`` for a value it could not use offline."""
+    return parse_offline_trusted_keys(TRUSTED_KEYS_KEY, environ.get(TRUSTED_KEYS_ENV, ""))
 
 
 def _host(raw: Any) -> str:

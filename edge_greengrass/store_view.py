@@ -30,6 +30,7 @@ from modelship.core.errors import ModelshipError
 from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest
 from modelship.core.names import MAX_VERSION, validate_model_name
 from modelship.core.repository import MANIFEST_FILE, MODEL_FILE, MODELS_PREFIX
+from modelship.core.signing import SIGNATURE_FILE
 
 logger = logging.getLogger("edge_greengrass.store_view")
 
@@ -117,6 +118,9 @@ def build_store_view(work: Path, sources: Sequence[ModelSource]) -> StoreView:
             version_folder.mkdir(parents=True)
             for filename in (MODEL_FILE, MANIFEST_FILE):
                 (version_folder / filename).symlink_to(source.folder / filename)
+            # Only when the model component ships one: the core then refuses the version as unsigned.
+            if (source.folder / SIGNATURE_FILE).is_file():
+                (version_folder / SIGNATURE_FILE).symlink_to(source.folder / SIGNATURE_FILE)
             _check_model_file(source)
             served.append(ServedModel(source.name, manifest.version, source.folder))
         (folder / MODELS_PREFIX).mkdir(exist_ok=True)

@@ -5,7 +5,8 @@ Two layers are built from pinned requirements, both for CPython 3.13 on Amazon L
 
 * ``onnx``: onnxruntime + numpy (and their pinned dependencies), stripped of what is never
   imported at run time;
-* ``deps``: the small pure-ish packages the function needs (orjson, pybase64, Powertools, X-Ray SDK).
+* ``deps``: the other packages the function needs (orjson, pybase64, Powertools, X-Ray SDK, and
+  cryptography with cffi's backend, for signed manifests).
 
 Each build:
 
@@ -163,8 +164,11 @@ LAYER_SPECS: dict[str, LayerSpec] = {
     "deps": LayerSpec(
         name="deps",
         requirements=LAYERS_DIR / "requirements-deps.txt",
-        max_zipped_bytes=5 * MIB,
-        max_unzipped_bytes=20 * MIB,
+        # cryptography (signed manifests) is most of it: 7.2 MiB zipped, 20.4 MiB unzipped on x86_64,
+        # its Rust extension 11 MiB of that once stripped. Here rather than in the ONNX layer, which is
+        # held under 25 MB zipped.
+        max_zipped_bytes=9 * MIB,
+        max_unzipped_bytes=26 * MIB,
     ),
 }
 

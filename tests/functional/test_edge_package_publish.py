@@ -227,3 +227,47 @@ def test_publish_refuses_a_model_object_changed_after_packaging(
         assert "changed after packaging" in completed.stderr
     finally:
         s3.put_object(Bucket=BUCKET, Key=key, Body=original)  # type: ignore[attr-defined]
+
+
+def test_package_cloud_options_set_the_recipe_defaults_and_sigv4_depends_on_token_exchange(
+    pushed: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    endpoint = "https://abc123.execute-api.eu-west-1.amazonaws.com/prod"
+    cloud = ["--cloud-endpoint", endpoint, "--cloud-auth", "sigv4", "--cloud-only", "big,huge"]
+    completed = run_modelship(
+        "edge",
+        "package",
+        "--store",
+        STORE,
+        "--out",
+        str(tmp_path / "pkg"),
+        "--model",
+        "iris:1",
+        *cloud,
+        env=env,
+    )
+    assert completed.returncode == 0, completed.stderr
+    recipe_path = next((tmp_path / "pkg" / "recipes").glob("com.modelship.Inference-*"))
+    recipe = yaml.safe_load(recipe_path.read_text())
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    assert (defaults["cloudEndpoint"], defaults["cloudAuth"], defaults["cloudOnlyModels"]) == (
+        endpoint,
+        "sigv4",
+        "big,huge",
+    )
+    assert "aws.greengrass.TokenExchangeService" in recipe["ComponentDependencies"]
+    # Plain http to another host is refused by the recipe's own validation, with the key's name.
+    refused = run_modelship(
+        "edge",
+        "package",
+        "--store",
+        STORE,
+        "--out",
+        str(tmp_path / "bad"),
+        "--model",
+        "iris:1",
+        "--cloud-endpoint",
+        "http://example.com",
+        env=env,
+    )
+    assert refused.returncode != 0 and "cloudEndpoint" in refused.stderr and "Traceback" not in refused.stderr

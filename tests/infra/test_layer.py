@@ -264,6 +264,12 @@ batch = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 probabilities, label = session.run(None, {"input": batch})
 import orjson, pybase64
 from aws_lambda_powertools import Logger, Metrics
+import cryptography
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+signer = ec.generate_private_key(ec.SECP256R1())
+ecdsa = ec.ECDSA(hashes.SHA256())
+signer.public_key().verify(signer.sign(b"manifest", ecdsa), b"manifest", ecdsa)
 try:
     import aws_xray_sdk.core
     xray = "imported"
@@ -273,6 +279,7 @@ print(json.dumps({
     "import_seconds": import_seconds,
     "onnxruntime": ort.__file__, "numpy": np.__file__, "orjson": orjson.__file__,
     "powertools": sys.modules["aws_lambda_powertools"].__file__,
+    "cryptography": cryptography.__file__, "cffi_backend": sys.modules["_cffi_backend"].__file__,
     "version": ort.__version__, "providers": ort.get_available_providers(),
     "probabilities": probabilities.tolist(), "label": label.tolist(),
     "b64": pybase64.b64encode(b"modelship").decode(), "xray_missing": xray,
@@ -310,7 +317,8 @@ def test_smoke_only_the_layers_run_a_model(
     assert report["site_loaded"] is False
     for module in ("onnxruntime", "numpy"):
         assert report[module].startswith(layer_dirs[0]), report[module]
-    for module in ("orjson", "powertools"):
+    # cryptography (signed manifests) and the cffi backend it imports ride in the deps layer.
+    for module in ("orjson", "powertools", "cryptography", "cffi_backend"):
         assert report[module].startswith(layer_dirs[1]), report[module]
     assert not any("site-packages" in entry for entry in report["path"])
     assert report["version"] == "1.31.1"
@@ -344,8 +352,24 @@ forked = isolation.fork_is_safe()
 body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
 response = service.handle("POST", "/v2/models/tiny/infer", {}, body)
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+import hashlib
+from modelship.core import signing
+from modelship.core.repository import manifest_key
+manifest = (store / manifest_key("tiny", 1)).read_bytes()
+signer = ec.generate_private_key(ec.SECP256R1())
+public = signer.public_key()
+document = signing.SignatureDocument(
+    signing.ECDSA_SHA_256, "local", signing.public_key_fingerprint(public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)),
+    hashlib.sha256(manifest).hexdigest(),
+    signer.sign(signing.signed_statement(manifest), ec.ECDSA(hashes.SHA256())))
+trusted = signing.TrustedKeys.from_pem(public.public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+verified = signing.verify(manifest, document.dumps(), trusted).fingerprint == document.public_key_sha256
 print(json.dumps({"status": response.status, "body": json.loads(response.body), "forked": forked,
-                  "numpy_random": "numpy.random" in sys.modules}))
+                  "numpy_random": "numpy.random" in sys.modules, "signature_verified": verified}))
 """
 
 
@@ -354,8 +378,9 @@ print(json.dumps({"status": response.status, "body": json.loads(response.body), 
 def test_smoke_the_core_serves_from_the_pruned_layers(
     host_layers: dict[str, LayerArtifact], python313: Path, tmp_path: Path
 ) -> None:
-    """What the pruning removed, the core does not need: it pushes, loads (isolated, in a forked child)
-    and answers an inference with only the layers and its own source on python3.13."""
+    """What the pruning removed, the core does not need: it pushes, loads (isolated, in a forked child),
+    answers an inference and checks a manifest's signature with only the layers and its own source on
+    python3.13."""
     layer_dirs = []
     for name in ("onnx", "deps"):
         target = tmp_path / name
@@ -378,6 +403,8 @@ def test_smoke_the_core_serves_from_the_pruned_layers(
     assert report["body"]["model_name"] == "tiny"
     assert report["forked"] is True
     assert report["numpy_random"] is False
+    # The core checks a signed manifest with the layers' cryptography on python3.13.
+    assert report["signature_verified"] is True
 
 
 def test_stripping_keeps_what_a_shared_object_links(tmp_path: Path) -> None:

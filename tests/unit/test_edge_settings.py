@@ -32,6 +32,7 @@ def test_the_defaults_are_the_table_in_docs_edge_md() -> None:
         "cloudMaxResponseBytes": "6291456",
         "cloudBreakerFailures": "3",
         "cloudBreakerOpenMs": "30000",
+        "trustedKeys": "",
     }
     assert all(isinstance(value, str) for value in DEFAULT_CONFIGURATION.values())
     assert int(DEFAULT_CONFIGURATION["maxRequestBytes"]) == DEFAULT_MAX_REQUEST_BYTES

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +24,11 @@ from modelship.core.errors import Conflict, IntegrityError, InvalidModel, ModelU
 from modelship.core.manifest import MAX_MANIFEST_BYTES, Manifest, Optimization, Preprocessing
 from modelship.core.names import MAX_VERSION, is_valid_model_name, validate_model_name, version_from_text
 from modelship.core.settings import DEFAULT_MAX_MODEL_BYTES
+from modelship.core.signing import MAX_SIGNATURE_DOCUMENT_BYTES, SIGNATURE_FILE
 
 if TYPE_CHECKING:
     from modelship.core.conversion import Converted
+    from modelship.core.signing import TrustedKeys
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ MODEL_FILE: Final = "model.onnx"
 MANIFEST_FILE: Final = "manifest.json"
 PUSH_ATTEMPTS: Final = 5
 
+# push --sign: a manifest's exact bytes in, its signature document's bytes out (core.signing).
+Signer = Callable[[bytes], bytes]
+
 
 def model_key(name: str, version: int) -> str:
     return f"{MODELS_PREFIX}/{name}/{version}/{MODEL_FILE}"
@@ -42,6 +47,10 @@ def model_key(name: str, version: int) -> str:
 
 def manifest_key(name: str, version: int) -> str:
     return f"{MODELS_PREFIX}/{name}/{version}/{MANIFEST_FILE}"
+
+
+def signature_key(name: str, version: int) -> str:
+    return f"{MODELS_PREFIX}/{name}/{version}/{SIGNATURE_FILE}"
 
 
 class ModelRepository:
@@ -59,20 +68,27 @@ class ModelRepository:
         blobs: BlobStore,
         cache_dir: Path | None = None,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        trusted_keys: TrustedKeys | None = None,
     ) -> None:
         self.blobs = blobs
         # A local store is its own cache; a remote one is cached by sha256 so a re-push of identical
         # bytes under a new version costs no download.
         self.cache_dir = cache_dir
         self.max_model_bytes = max_model_bytes
+        # When set, a version is read only if one of these keys signed its manifest (core.signing).
+        self.trusted_keys = trusted_keys
 
     @classmethod
     def open(
-        cls, uri: str, cache_dir: Path | None = None, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+        cls,
+        uri: str,
+        cache_dir: Path | None = None,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        trusted_keys: TrustedKeys | None = None,
     ) -> ModelRepository:
         blobs = open_blob_store(uri)
         remote = not uri.startswith("file://") and "://" in uri
-        return cls(blobs, cache_dir if remote else None, max_model_bytes)
+        return cls(blobs, cache_dir if remote else None, max_model_bytes, trusted_keys)
 
     @property
     def uri(self) -> str:
@@ -118,7 +134,28 @@ class ModelRepository:
             raise ModelUnavailable(f"manifest of {name} version {version} is too large") from None
         except BlobUnreadable as error:
             raise ModelUnavailable(f"manifest of {name} version {version} cannot be read: {error}") from None
+        if self.trusted_keys is not None:
+            from modelship.core.signing import verify
+
+            # Before the manifest is parsed, so before any of the model's bytes are fetched.
+            verify(
+                raw, self.read_signature(name, version), self.trusted_keys, where=f"{name} version {version}"
+            )
         return Manifest.loads(raw, expected_name=name, expected_version=version)
+
+    def read_signature(self, name: str, version: int) -> bytes | None:
+        """The version's signature document as stored, or None if it has none."""
+        validate_model_name(name)
+        try:
+            return self.blobs.read(signature_key(name, version), MAX_SIGNATURE_DOCUMENT_BYTES)
+        except BlobNotFound:
+            return None
+        except BlobTooLarge:
+            raise IntegrityError(
+                f"{name} version {version}: its signature is larger than {MAX_SIGNATURE_DOCUMENT_BYTES} bytes"
+            ) from None
+        except BlobUnreadable as error:
+            raise ModelUnavailable(f"signature of {name} version {version} cannot be read: {error}") from None
 
     def fetch_verified(self, manifest: Manifest) -> bytes:
         """The model's bytes, only if their size and sha256 match the manifest. Fails closed."""
@@ -210,6 +247,7 @@ class ModelRepository:
         convert: bool = False,
         preprocessing: Preprocessing | None = None,
         optimization: Optimization | None = None,
+        signer: Signer | None = None,
     ) -> Manifest:
         """Validate with onnxruntime, then write the model and, last, the manifest that makes it visible.
 
@@ -217,6 +255,8 @@ class ModelRepository:
         the onnx package), and the converted bytes are published, the conversion recorded.
         ``preprocessing``: an image model's preprocessing block, checked against its input and recorded.
         ``optimization``: the lineage of a version ``modelship optimize`` made, recorded as it is.
+        ``signer``: signs the manifest's bytes (``push --sign``); the signature is written before the
+        manifest, so a signed push is never visible unsigned.
         """
         validate_model_name(name)
         if version is not None and not 1 <= version <= MAX_VERSION:
@@ -245,21 +285,25 @@ class ModelRepository:
                 raise Conflict(
                     f"{name} version {version} already exists in {self.uri}; versions are immutable"
                 )
-            self._publish(manifest, data)
+            self._publish(manifest, data, signer)
             return manifest
         # Next version number; if a concurrent push takes it first, move on to the one after.
+        at_least = 1
         for _ in range(PUSH_ATTEMPTS):
             existing = self.versions(name)
-            manifest = replace(manifest, version=existing[-1] + 1 if existing else 1)
+            manifest = replace(manifest, version=max(existing[-1] + 1 if existing else 1, at_least))
             try:
-                self._publish(manifest, data)
+                self._publish(manifest, data, signer)
                 return manifest
             except Conflict:
+                # Taken, or left half-written by a push that died (which no listing shows): the next
+                # attempt goes past it.
+                at_least = manifest.version + 1
                 continue
         raise Conflict(f"{name}: gave up after {PUSH_ATTEMPTS} versions were taken by concurrent pushes")
 
-    def _publish(self, manifest: Manifest, data: bytes) -> None:
-        """Both writes are exclusive, so nothing ever overwrites a version another push has written."""
+    def _publish(self, manifest: Manifest, data: bytes, signer: Signer | None = None) -> None:
+        """Every write is exclusive, so nothing ever overwrites a version another push has written."""
         name, version = manifest.name, manifest.version
         try:
             self.blobs.write(model_key(name, version), data, exclusive=True)
@@ -275,7 +319,17 @@ class ModelRepository:
                     f"{self.uri}/{model_key(name, version)} already holds other bytes: another push of "
                     f"{name} version {version} is under way or failed half-way; push another version"
                 ) from None
-        self.blobs.write(manifest_key(name, version), manifest.dumps(), exclusive=True)
+        raw = manifest.dumps()
+        if signer is not None:
+            # Before the manifest, whose write makes the version exist: signed, it is never seen unsigned.
+            try:
+                self.blobs.write(signature_key(name, version), signer(raw), exclusive=True)
+            except Conflict:
+                raise Conflict(
+                    f"{self.uri}/{signature_key(name, version)} already exists: another push of {name} "
+                    f"version {version} is under way or failed half-way; push another version"
+                ) from None
+        self.blobs.write(manifest_key(name, version), raw, exclusive=True)
 
 
 def verify_bytes(data: bytes, manifest: Manifest) -> None:

@@ -88,7 +88,18 @@ class InferenceService:
 
     @classmethod
     def from_settings(cls, settings: Settings, observer: Observer | None = None) -> InferenceService:
-        repository = ModelRepository.open(settings.store_uri, settings.cache_dir, settings.max_model_bytes)
+        """``TrustedKeysError`` (a ``ValueError``) for trusted keys that cannot be used: the start fails."""
+        trusted_keys = None
+        if settings.trusted_keys:
+            from modelship.core.signing import TrustedKeys
+
+            trusted_keys = TrustedKeys.load(settings.trusted_keys)
+            logger.info(
+                "serving only versions signed by: %s", "; ".join(key.description for key in trusted_keys)
+            )
+        repository = ModelRepository.open(
+            settings.store_uri, settings.cache_dir, settings.max_model_bytes, trusted_keys
+        )
         return cls(repository, settings, observer)
 
     def preload(self) -> None:

@@ -36,6 +36,9 @@ FALSE_WORDS: Final = frozenset({"false", "no", "0", "off"})
 STORE_ENV: Final = "MODELSHIP_STORE"
 PRELOAD_ENV: Final = "MODELSHIP_PRELOAD"
 API_KEY_ENV: Final = "MODELSHIP_API_KEY"
+TRUSTED_KEYS_ENV: Final = "MODELSHIP_TRUSTED_KEYS"
+# Room for a few keys rotated in turn; a PEM key is under 1 KiB, a KMS key ARN under 100 characters.
+MAX_TRUSTED_KEY_ENTRIES: Final = 64
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -85,6 +88,9 @@ class Settings:
     # for a store whose every writer is trusted: it costs a few hundred milliseconds per load.
     isolate_loads: bool = True
     load_timeout_seconds: float = DEFAULT_LOAD_TIMEOUT_SECONDS
+    # The keys a version's manifest must be signed by (``core.signing``): PEM files, inline PEM, or KMS
+    # keys resolved once when the service starts. Empty: signatures are not required.
+    trusted_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +121,7 @@ class Settings:
             load_timeout_seconds=_seconds(
                 env, "MODELSHIP_LOAD_TIMEOUT_SECONDS", DEFAULT_LOAD_TIMEOUT_SECONDS, positive=True
             ),
+            trusted_keys=parse_trusted_keys(env.get(TRUSTED_KEYS_ENV, "")),
         )
 
 
@@ -163,3 +170,15 @@ def parse_preload(text: str) -> tuple[tuple[str, int | None], ...]:
         return parse_model_references(text)
     except BadRequest as error:
         raise ValueError(f"{PRELOAD_ENV}: {error.message}") from None
+
+
+def parse_trusted_keys(text: str) -> tuple[str, ...]:
+    """``"/etc/modelship/signer.pem, alias/modelship-signing"`` → one entry per key source, in order.
+
+    Entries are comma-separated (PEM has no commas): a KMS key ARN, alias (``alias/...``), key id or
+    multi-Region key id; inline PEM (``-----BEGIN PUBLIC KEY-----...``); else a path to a PEM file.
+    ``core.signing.TrustedKeys.load`` reads them, once, when the service starts."""
+    entries = tuple(entry.strip() for entry in text.split(",") if entry.strip())
+    if len(entries) > MAX_TRUSTED_KEY_ENTRIES:
+        raise ValueError(f"{TRUSTED_KEYS_ENV}: at most {MAX_TRUSTED_KEY_ENTRIES} entries, got {len(entries)}")
+    return entries

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +105,21 @@ def command_push(args: argparse.Namespace) -> int:
     repository = ModelRepository.open(args.store)
     labels = _read_labels(args.labels) if args.labels else None
     preprocessing = _read_preprocessing(args.preprocessing) if args.preprocessing else None
+    signer = _kms_signer(args.sign) if args.sign else None
     if not args.force and args.version is None:  # an explicit --version is asked for as it is
         with args.model.open("rb") as model:
             digest = hashlib.file_digest(model, "sha256").hexdigest()
         existing = repository.latest_holding(args.name, digest, labels, preprocessing=preprocessing)
+        if (
+            existing is not None
+            and args.sign
+            and repository.read_signature(args.name, existing.version) is None
+        ):
+            print(
+                f"{args.name} version {existing.version} holds this model unsigned: pushing a signed version",
+                file=sys.stderr,
+            )
+            existing = None
         if existing is not None:
             converted = existing.sha256 != digest
             print(
@@ -123,7 +134,13 @@ def command_push(args: argparse.Namespace) -> int:
     checks = "converting if needed, validating" if args.convert else "validating"
     print(f"{checks} {args.model} with onnxruntime and pushing to {repository.uri} ...", file=sys.stderr)
     manifest = repository.push(
-        args.model, args.name, args.version, labels, convert=args.convert, preprocessing=preprocessing
+        args.model,
+        args.name,
+        args.version,
+        labels,
+        convert=args.convert,
+        preprocessing=preprocessing,
+        signer=signer,
     )
     if manifest.conversion is not None:
         conversion = manifest.conversion
@@ -138,6 +155,18 @@ def command_push(args: argparse.Namespace) -> int:
     _print_json(manifest.to_json())
     print(f"pushed {manifest.name} version {manifest.version}", file=sys.stderr)
     return 0
+
+
+def _kms_signer(key_id: str) -> Callable[[bytes], bytes]:
+    """push --sign: a manifest's bytes signed with this KMS key (core.signing), as the document stored."""
+    from modelship.core.signing import make_kms_client, sign_with_kms
+
+    client = make_kms_client()
+
+    def sign(manifest_bytes: bytes) -> bytes:
+        return sign_with_kms(client, key_id, manifest_bytes).dumps()
+
+    return sign
 
 
 def _opsets(opsets: dict[str, int]) -> str:
@@ -436,11 +465,24 @@ def command_edge_package(args: argparse.Namespace) -> int:
         args.out,
         component_name=args.component_name,
         component_version=args.component_version,
+        configuration=_cloud_configuration(args),
         progress=_progress,
     )
     print(result.summary())
     print(f"\nnext: modelship edge publish --store {args.store} --from {args.out}")
     return 0
+
+
+def _cloud_configuration(args: argparse.Namespace) -> dict[str, str] | None:
+    """The hybrid fallback's recipe defaults from edge package's --cloud-* options (None: none given).
+    The recipe builder validates them; the API key is never one of them (it belongs in a deployment)."""
+    given = (
+        ("cloudEndpoint", args.cloud_endpoint),
+        ("cloudAuth", args.cloud_auth),
+        ("cloudOnlyModels", args.cloud_only),
+    )
+    configuration = {key: value for key, value in given if value}
+    return configuration or None
 
 
 def command_edge_publish(args: argparse.Namespace) -> int:
@@ -491,6 +533,23 @@ def _add_edge_commands(commands: Any) -> None:
         "--component-version",
         metavar="X.Y.Z",
         help="the inference component's version (default: derived from its content)",
+    )
+    package.add_argument(
+        "--cloud-endpoint",
+        metavar="URL",
+        help="the cloud API that devices forward models they do not hold to (https; docs/edge.md, hybrid)",
+    )
+    package.add_argument(
+        "--cloud-auth",
+        choices=["none", "sigv4", "apiKey"],
+        help="how devices authenticate to the cloud API: sigv4 signs with the device role's credentials and "
+        "makes the component depend on aws.greengrass.TokenExchangeService; an API key is set in the "
+        "deployment's configuration (cloudApiKey), never in the recipe",
+    )
+    package.add_argument(
+        "--cloud-only",
+        metavar="NAMES",
+        help="comma-separated models that devices always forward to the cloud",
     )
     package.set_defaults(run=command_edge_package)
     publish = edge_commands.add_parser(
@@ -615,6 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="push a new version even if the latest version already holds the same bytes and labels",
+    )
+    push.add_argument(
+        "--sign",
+        metavar="KMS_KEY",
+        help="sign the manifest with this asymmetric AWS KMS key (key id, ARN or alias/NAME; ECC_NIST_P256 "
+        "or RSA, SIGN_VERIFY) and store the signature beside it (manifest.sig.json), before the manifest; "
+        "needs kms:GetPublicKey and kms:Sign. Servers with MODELSHIP_TRUSTED_KEYS serve only signed versions",
     )
     push.set_defaults(run=command_push)
 
