@@ -13,6 +13,8 @@ AWS call of its own; a fleet that ships its logs adds ``aws.greengrass.LogManage
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_iot as iot
@@ -31,8 +33,16 @@ class DeviceRole(Construct):
     """The role, its role alias, and the IoT policy that lets a device certificate use the alias."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, bucket: s3.IBucket, store_prefix: str, name_prefix: str
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        bucket: s3.IBucket,
+        store_prefix: str,
+        name_prefix: str,
+        invoke_api_arns: Sequence[str] = (),
     ) -> None:
+        """``invoke_api_arns``: execute-api ARNs the devices call with SigV4 (the hybrid fallback)."""
         super().__init__(scope, construct_id)
         self.artifact_objects = [
             bucket.arn_for_objects(f"{models_key_prefix(store_prefix)}*"),
@@ -63,6 +73,14 @@ class DeviceRole(Construct):
                 conditions=same_account,
             )
         )
+        if invoke_api_arns:
+            self.role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="InvokeCloudInferenceApi",
+                    actions=["execute-api:Invoke"],
+                    resources=list(invoke_api_arns),
+                )
+            )
         self.role_alias = iot.CfnRoleAlias(
             self,
             "RoleAlias",
@@ -94,6 +112,14 @@ class DeviceRole(Construct):
             "components/ prefixes, exactly the keys the recipes name (object keys hold versions).",
             applies_to=[f"Resource::{nag_resource_id(self, arn)}" for arn in self.artifact_objects],
         )
+        if invoke_api_arns:
+            acknowledge(
+                self.role,
+                "AwsSolutions-IAM5",
+                "The hybrid fallback: devices invoke the cloud API's model routes (GET and POST under "
+                "/v2/models/ of its one stage), whose model names the path holds.",
+                applies_to=[f"Resource::{nag_resource_id(self, arn)}" for arn in invoke_api_arns],
+            )
 
     @property
     def role_alias_name(self) -> str:

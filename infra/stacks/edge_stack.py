@@ -8,6 +8,7 @@ components and says the deployment was skipped.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,35 @@ DEPLOYMENT_SKIPPED = (
     "skipped: no thing_group_arn in the context; the components are published, deploy them with "
     "`cdk deploy -c thing_group_arn=arn:aws:iot:<region>:<account>:thinggroup/<name>`"
 )
+
+
+# An API Gateway default endpoint: https://{api id}.execute-api.{region}.amazonaws.com/{stage}[/...]
+_EXECUTE_API_URL = re.compile(
+    r"https://(?P<api>[a-z0-9]{10})\.execute-api\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<stage>[A-Za-z0-9_-]+)/?"
+)
+
+
+def cloud_invoke_arns(scope: Construct, package: Package) -> list[str]:
+    """The execute-api ARNs the device role must be allowed to invoke: those of the cloud endpoint the
+    package's devices sign for (``cloudAuth: sigv4``), its model routes only. A custom domain cannot be
+    mapped to its API here: the stack says so, and the grant is the operator's."""
+    defaults = package.inference.recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {})
+    endpoint, auth = str(defaults.get("cloudEndpoint") or ""), defaults.get("cloudAuth")
+    if auth != "sigv4" or not endpoint:
+        return []
+    match = _EXECUTE_API_URL.match(endpoint)
+    if match is None:
+        Annotations.of(scope).add_warning_v2(
+            "modelship:cloud-endpoint-not-execute-api",
+            f"cloudEndpoint {endpoint} is not an execute-api URL: grant the device role execute-api:Invoke "
+            "on its API yourself, or devices' forwarded requests will be refused (403)",
+        )
+        return []
+    stack = Stack.of(scope)
+    api = (
+        f"arn:{stack.partition}:execute-api:{match['region']}:{stack.account}:{match['api']}/{match['stage']}"
+    )
+    return [f"{api}/POST/v2/models/*", f"{api}/GET/v2/models/*"]
 
 
 def read_edge_package(directory: Path) -> Package:
@@ -112,6 +142,7 @@ class EdgeStack(Stack):
             bucket=self.components.store_bucket,
             store_prefix=package.store_prefix,
             name_prefix=construct_id,
+            invoke_api_arns=cloud_invoke_arns(self, package),
         )
 
         self.deployment: greengrass.CfnDeployment | None = None

@@ -542,3 +542,41 @@ def test_cfn_lint_passes_on_the_edge_template(edge_app: App) -> None:
         timeout=240,
     )  # fmt: skip
     assert result.returncode == 0, f"cfn-lint found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_devices_that_sign_for_the_cloud_endpoint_may_invoke_its_model_routes_only(
+    make_app: SynthFactory, edge_package: EdgePackage, edge_template: Template, tmp_path: Path
+) -> None:
+    endpoint = "https://abc123defg.execute-api.eu-west-1.amazonaws.com/prod"
+    directory = tmp_path / "hybrid"
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        for key, body in edge_package.store_objects.items():
+            client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        package(
+            STORE,
+            [("iris", None)],
+            directory,
+            configuration={"cloudEndpoint": endpoint, "cloudAuth": "sigv4"},
+        )
+    hybrid = template(make_app(edge_package=str(directory)), EDGE_STACK)
+    statements = [
+        statement
+        for policy in policies_of(hybrid, device_role_id(hybrid))
+        for statement in policy["PolicyDocument"]["Statement"]
+        if statement["Action"] == "execute-api:Invoke"
+    ]
+    assert [sorted(flatten(statement["Resource"])) for statement in statements] == [
+        [
+            "arn:aws:execute-api:eu-west-1:ACCOUNT:abc123defg/prod/GET/v2/models/*",
+            "arn:aws:execute-api:eu-west-1:ACCOUNT:abc123defg/prod/POST/v2/models/*",
+        ]
+    ]
+    # Without the fallback (the module's package), the role invokes nothing.
+    assert not [
+        statement
+        for policy in policies_of(edge_template, device_role_id(edge_template))
+        for statement in policy["PolicyDocument"]["Statement"]
+        if "execute-api" in str(statement["Action"])
+    ]
