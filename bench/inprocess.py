@@ -180,6 +180,58 @@ def apigw_event(model: str, body: bytes, headers: dict[str, str], *, binary: boo
     }
 
 
+def minimal_protocol(session: Any, model: str, body: bytes, headers: dict[str, str]) -> Callable[[], bytes]:
+    """The least any Open Inference Protocol server does for this request, with nothing checked: parse
+    the JSON, take the tensor, run, write the response's JSON (and its binary tensors). No validation,
+    no limits, no deadline, no routing: a floor for the core, not a server."""
+    import orjson
+
+    header_length = headers.get("inference-header-content-length")
+    if header_length is not None:
+        start = int(header_length)
+
+        def binary() -> bytes:
+            spec = orjson.loads(body[:start])["inputs"][0]
+            array = np.frombuffer(body, dtype=np.float32, offset=start).reshape(spec["shape"])
+            outputs = session.run(None, {spec["name"]: array})
+            header = orjson.dumps(
+                {
+                    "model_name": model,
+                    "model_version": "1",
+                    "outputs": [
+                        {
+                            "name": f"y{index}",
+                            "datatype": "FP32",
+                            "shape": output.shape,
+                            "parameters": {"binary_data_size": output.nbytes},
+                        }
+                        for index, output in enumerate(outputs)
+                    ],
+                }
+            )
+            return b"".join([header, *(output.tobytes() for output in outputs)])
+
+        return binary
+
+    def json_mode() -> bytes:
+        spec = orjson.loads(body)["inputs"][0]
+        array = np.asarray(spec["data"], dtype=np.float32).reshape(spec["shape"])
+        outputs = session.run(None, {spec["name"]: array})
+        return orjson.dumps(
+            {
+                "model_name": model,
+                "model_version": "1",
+                "outputs": [
+                    {"name": f"y{index}", "datatype": "FP32", "shape": output.shape, "data": output.ravel()}
+                    for index, output in enumerate(outputs)
+                ],
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+
+    return json_mode
+
+
 # ---------------------------------------------------------------------------------------------------
 # One measuring process
 # ---------------------------------------------------------------------------------------------------
@@ -273,9 +325,12 @@ def _measure(workdir: Path, quick: bool, label: str) -> dict[str, Any]:
         check(app.handler(event, context), f"{case.label} handler")
         check(core.handle("POST", path, lower, body), f"{case.label} core")
         repeats = case.quick_repeats if quick else case.repeats
+        floor = minimal_protocol(session, case.model, body, lower)
+        floor()
         timed = interleaved(
             {
                 "raw": lambda: session.run(None, feeds),
+                "floor": floor,
                 "core": lambda: core.handle("POST", path, lower, body),
                 "handler": lambda: app.handler(event, context),
             },

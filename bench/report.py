@@ -327,7 +327,14 @@ def inprocess_targets(inprocess: dict[str, Any] | None, why: str) -> list[Target
                     continue
                 ratio = case[column]["p50_us"] / case["raw"]["p50_us"]
                 ok = ok and ratio <= limit
-                figures.append(f"{model} {mode} b{batch} {x(ratio)}")
+                floor = case.get("floor")
+                # The core's targets: what the least protocol work with nothing checked costs beside it.
+                beside = (
+                    f" (floor {x(floor['p50_us'] / case['raw']['p50_us'])})"
+                    if floor and column == "core"
+                    else ""
+                )
+                figures.append(f"{model} {mode} b{batch} {x(ratio)}{beside}")
             parts.append(f"{run_name}: " + ", ".join(figures))
         targets.append(Target(name, required + " (every case, both runs)", verdict(ok), "; ".join(parts)))
     if inprocess is None:
