@@ -158,7 +158,9 @@ def test_the_token_exchange_service_is_a_dependency_only_with_sigv4() -> None:
 def test_the_run_step_gets_every_cloud_key_through_setenv_not_the_command_line() -> None:
     recipe = _recipe({})
     run = recipe["Manifests"][0]["Lifecycle"]["Run"]
-    assert run["Setenv"] == {name: f"{{configuration:/{key}}}" for key, name in CLOUD_ENVIRONMENT.items()}
+    cloud = {name: f"{{configuration:/{key}}}" for key, name in CLOUD_ENVIRONMENT.items()}
+    # Besides the cloud keys, only the trusted keys of signed models come through Setenv.
+    assert run["Setenv"] == {**cloud, "MODELSHIP_TRUSTED_KEYS": "{configuration:/trustedKeys}"}
     assert "cloud" not in run["Script"]
     defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert all(isinstance(defaults[key], str) for key in CLOUD_KEYS), "every interpolated key exists"
