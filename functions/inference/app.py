@@ -11,6 +11,10 @@ invocations: the same log keys and correlation id on every line, the same EMF do
 the invocation returns, the same ColdStart metric. Anything out of the ordinary (metrics disabled, extra
 dimensions or metadata, a custom timestamp) goes through Powertools' own flush; no metrics, no flush (and
 no "No application metrics to publish" warning).
+
+Each document carries two dimension sets: ``service`` (the metrics as they always were) and ``service`` with
+``model``, the loaded model the metrics are about (a name from the store, never from a request path),
+which the dashboard's per-model graphs search for.
 """
 
 from __future__ import annotations
@@ -83,28 +87,42 @@ def _record(name: str, milliseconds: float) -> None:
         }
 
 
+# The model the buffered metrics are about: they are published under a second dimension set, service and
+# model, beside the service-only one (Powertools' add_dimensions; one EMF document, no extra write). An
+# invocation serves one model; only a preload of several models at init meets a second one, and then the
+# first one's metrics are flushed before the second's are recorded.
+_metrics_model: str | None = None
+MODEL_DIMENSION: Final = "model"
+
+
+def _about(model: LoadedModel) -> None:
+    global _metrics_model
+    if _metrics_model != model.name:
+        if _metrics_model is not None and metrics.metric_set:
+            flush_metrics()
+        _metrics_model = model.name
+
+
 class PowertoolsObserver:
     def model_loaded(self, model: LoadedModel) -> None:
+        _about(model)
         _record("ModelLoadTime", model.load_seconds * 1000)
 
     def inference_done(self, model: LoadedModel, seconds: float) -> None:
+        _about(model)
         _record("InferenceLatency", seconds * 1000)
-
-
-service = InferenceService.from_settings(Settings.from_env(), PowertoolsObserver())
-service.preload()
-if service.settings.preload and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
-    # Publish the preload's ModelLoadTime now, once: left buffered, it would be inside the snapshot and
-    # every restored environment would publish it again.
-    metrics.flush_metrics()
 
 
 def flush_metrics() -> None:
     """Print the invocation's EMF document and clear the metric set, as ``metrics.flush_metrics()``
     does, in one orjson write. The fast path covers the state this door leaves (its metrics, the service
-    dimension); any other state is Powertools' to serialize, validate and warn about."""
+    dimension, the model's dimension set); any other state is Powertools' to serialize, validate and
+    warn about."""
+    global _metrics_model
     provider = metrics.provider
     metric_set = provider.metric_set
+    model = _metrics_model
+    _metrics_model = None
     if not metric_set:
         # Nothing to publish (a health check, metadata, an error before a run): Powertools would only
         # warn "No application metrics to publish", once per environment, and change nothing.
@@ -118,6 +136,11 @@ def flush_metrics() -> None:
         or provider.timestamp
         or not provider.namespace
     ):
+        if model is not None and not _METRICS_DISABLED:
+            model_set = {MODEL_DIMENSION: model}
+            if provider.service:
+                model_set = {"service": provider.service, **model_set}
+            metrics.add_dimensions(**model_set)
         metrics.flush_metrics()
         return
     definitions = []
@@ -130,11 +153,15 @@ def flush_metrics() -> None:
         values[name] = metric.get("Value", 0)
     service_name = provider.service
     dimensions = {"service": service_name} if service_name else {}
+    dimension_sets = [list(dimensions)]
+    if model is not None:
+        dimensions[MODEL_DIMENSION] = model
+        dimension_sets.append(list(dimensions))
     document = {
         "_aws": {
             "Timestamp": int(time.time() * 1000),
             "CloudWatchMetrics": [
-                {"Namespace": provider.namespace, "Dimensions": [list(dimensions)], "Metrics": definitions}
+                {"Namespace": provider.namespace, "Dimensions": dimension_sets, "Metrics": definitions}
             ],
         },
         **dimensions,
@@ -143,6 +170,14 @@ def flush_metrics() -> None:
     # One write of the whole line: what print(json.dumps(...)) writes in two.
     sys.stdout.write(orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE).decode())
     metric_set.clear()
+
+
+service = InferenceService.from_settings(Settings.from_env(), PowertoolsObserver())
+service.preload()
+if service.settings.preload and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+    # Publish the preload's ModelLoadTime now, once: left buffered, it would be inside the snapshot and
+    # every restored environment would publish it again.
+    flush_metrics()
 
 
 def _invoke(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -195,3 +230,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if logger.sampling_rate and not cold_start:
         logger.refresh_sample_rate_calculation()
     return _traced(event, context)
+
+
+# The service behind this handler, for a local door that runs it (the edge door): its /metrics reports the
+# models this service has loaded, as for ``apigw.proxy_handler``'s handlers.
+handler.service = service  # type: ignore[attr-defined]

@@ -25,17 +25,21 @@ from modelship.core.identity import METRICS_NAMESPACE, SERVICE_NAME
 MODEL_LOAD_TIME: Final = "ModelLoadTime"
 INFERENCE_LATENCY: Final = "InferenceLatency"
 COLD_START: Final = "ColdStart"
+# The second dimension set of the entry's metrics (functions/inference/app.py, MODEL_DIMENSION), beside
+# service; the per-model graphs search for exactly that schema, so the service-only series of the same
+# metric do not draw a second, all-models line.
+MODEL_DIMENSION: Final = "model"
 PERIOD: Final = Duration.minutes(1)
 _FULL, _HALF, _THIRD = 24, 12, 8
 _HEIGHT = 6
 
 
 def search(metric_name: str, statistic: str, label: str) -> cloudwatch.SearchExpression:
-    """Every series of ``metric_name`` in modelship's namespace, one line per set of dimension values:
-    per model, whatever models the function has loaded."""
+    """Every per-model series of ``metric_name`` in modelship's namespace (the schema: namespace, model,
+    service), one line per model, whatever models the function has loaded."""
     return cloudwatch.SearchExpression(
         expression=(
-            f'SEARCH(\'Namespace="{METRICS_NAMESPACE}" MetricName="{metric_name}"\', '
+            f"SEARCH('{{{METRICS_NAMESPACE},{MODEL_DIMENSION},service}} MetricName=\"{metric_name}\"', "
             f"'{statistic}', {int(PERIOD.to_seconds())})"
         ),
         label=label,
@@ -85,12 +89,18 @@ class OperationsDashboard(Construct):
             graph(
                 "Inference latency per model (ms, p50 and p99)",
                 [search(INFERENCE_LATENCY, statistic, statistic) for statistic in ("p50", "p99")],
-                width=_HALF,
+                width=_THIRD,
+            ),
+            graph(
+                # One latency value per inference run: its sample count is the model's inferences.
+                "Inferences per model (count per minute)",
+                [search(INFERENCE_LATENCY, "SampleCount", "inferences")],
+                width=_THIRD,
             ),
             graph(
                 "Model load time per model (ms, max)",
                 [search(MODEL_LOAD_TIME, "Maximum", "load")],
-                width=_HALF,
+                width=_THIRD,
             ),
         )
         cold_starts = cloudwatch.Metric(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import RemovalPolicy, Size
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -23,6 +23,12 @@ from infra.nag import acknowledge
 # application/octet-stream is named as well, though "*/*" covers it on AWS: LocalStack skips wildcard
 # entries when it matches binary media types, and would return binary responses as base64 text.
 BINARY_MEDIA_TYPES = ("*/*", "application/octet-stream")
+
+# API Gateway compresses (gzip or deflate) a response of at least this many bytes for a client whose
+# Accept-Encoding takes it, unless the function already did and said so with Content-Encoding: the same
+# threshold as the doors' (modelship.doors.compression.MIN_COMPRESSED_BYTES; infra may not import a door,
+# so tests/infra holds the two equal). It also covers API Gateway's own error responses.
+MIN_COMPRESSION_BYTES = 1024
 
 # One JSON object per request. Every value is quoted: API Gateway writes "-" for a missing number, and
 # the format itself must parse as JSON (cdk-nag's structured-logging check does exactly that).
@@ -94,6 +100,7 @@ class InferenceApi(Construct):
             description="modelship: Open Inference Protocol (KServe v2) over HTTPS",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             binary_media_types=list(BINARY_MEDIA_TYPES),
+            min_compression_size=Size.bytes(MIN_COMPRESSION_BYTES),
             # API Gateway writes execution and access logs through one role per account and region.
             cloud_watch_role=props.create_cloudwatch_role,
             # Retained: other APIs in the account and region rely on the same account-level setting.

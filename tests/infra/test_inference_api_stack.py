@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from aws_cdk import App
 from aws_cdk.assertions import Template
+from modelship.doors import compression
 
+from infra.constructs import inference_api
 from tests.infra.conftest import resources, stack
 
 pytestmark = pytest.mark.infra
@@ -212,6 +214,15 @@ def test_rest_api_is_regional_and_treats_every_type_as_binary(api_template: Temp
             # Unique per stage: API Gateway metrics, and so the alarms, are keyed by API name.
             "Name": "modelship-prod",
         },
+    )
+
+
+def test_rest_api_compresses_responses_over_the_doors_threshold(api_template: Template) -> None:
+    """API Gateway compresses what the function did not (deflate-only clients, its own errors), from the
+    same size on as the doors do; it skips a response the function marked with Content-Encoding."""
+    assert inference_api.MIN_COMPRESSION_BYTES == compression.MIN_COMPRESSED_BYTES
+    api_template.has_resource_properties(
+        "AWS::ApiGateway::RestApi", {"MinimumCompressionSize": compression.MIN_COMPRESSED_BYTES}
     )
 
 

@@ -334,6 +334,7 @@ def test_the_dashboard_graphs_the_api_the_models_and_capacity(operations_api_tem
         "API requests, 4xx and 5xx",
         "API latency",
         "Inference latency per model",
+        "Inferences per model",
         "Model load time per model",
         "Cold starts",
         "Lambda throttles and errors",
@@ -350,11 +351,14 @@ def test_the_dashboard_graphs_the_api_the_models_and_capacity(operations_api_tem
         (api, "IntegrationLatency", "p99"),
     ]
     assert searches(graphs["Inference latency per model"]) == [
-        f"""SEARCH('Namespace="Modelship" MetricName="InferenceLatency"', '{statistic}', 60)"""
+        f"""SEARCH('{{Modelship,model,service}} MetricName="InferenceLatency"', '{statistic}', 60)"""
         for statistic in ("p50", "p99")
     ]
+    assert searches(graphs["Inferences per model"]) == [
+        """SEARCH('{Modelship,model,service} MetricName="InferenceLatency"', 'SampleCount', 60)"""
+    ]
     assert searches(graphs["Model load time per model"]) == [
-        """SEARCH('Namespace="Modelship" MetricName="ModelLoadTime"', 'Maximum', 60)"""
+        """SEARCH('{Modelship,model,service} MetricName="ModelLoadTime"', 'Maximum', 60)"""
     ]
     [cold_starts] = graphs["Cold starts"]
     assert cold_starts[:6] == [
@@ -395,6 +399,7 @@ def test_the_searched_metrics_are_the_ones_the_lambda_entry_publishes() -> None:
     entry = (REPO_ROOT / "functions" / "inference" / "app.py").read_text(encoding="utf-8")
     for name in (dashboard.MODEL_LOAD_TIME, dashboard.INFERENCE_LATENCY):
         assert f'_record("{name}"' in entry, name
+    assert f'MODEL_DIMENSION: Final = "{dashboard.MODEL_DIMENSION}"' in entry
     assert "add_cold_start_metric" in entry
     from aws_lambda_powertools.metrics.provider.cloudwatch_emf import cloudwatch as emf
 

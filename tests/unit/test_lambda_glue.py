@@ -130,18 +130,22 @@ def test_emf_is_flushed_on_every_invocation_as_powertools_prints_it(
     document = warm[0]
     service = app.metrics.provider.service
     assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ModelshipGlue"
-    assert document["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]
+    # The service-only series as before, and the same values per model: a second dimension set.
+    assert document["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"], ["service", "model"]]
     assert document["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [
         {"Name": "InferenceLatency", "Unit": "Milliseconds"}
     ]
     assert document["service"] == service
+    assert document["model"] == "iris"
+    assert cold[1]["model"] == "iris"
     assert len(document["InferenceLatency"]) == 1 and document["InferenceLatency"][0] > 0
     assert not app.metrics.metric_set, "the flush clears the metric set"
 
-    # Exactly what Powertools serializes for the same metric set, timestamp aside.
+    # Exactly what Powertools serializes for the same metric set and dimension sets, timestamp aside.
     app.metrics.add_metric(
         name="InferenceLatency", unit="Milliseconds", value=document["InferenceLatency"][0]
     )
+    app.metrics.add_dimensions(service=service, model="iris")
     expected = app.metrics.serialize_metric_set()
     app.metrics.provider.clear_metrics()
     expected["_aws"]["Timestamp"] = document["_aws"]["Timestamp"]
@@ -159,7 +163,11 @@ def test_metric_state_beyond_the_doors_own_goes_through_powertools(
     (document,) = _emf(capsys.readouterr().out)
     assert document["request"] == "extra"
     assert document["stage"] == "test"
-    assert document["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["stage", "service"]]
+    assert document["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [
+        ["stage", "service"],
+        ["service", "model"],
+    ]
+    assert document["model"] == "iris"
     assert _metric_names(document) == ["InferenceLatency"]
 
 
@@ -187,6 +195,27 @@ def test_a_second_value_in_one_invocation_takes_powertools_path(
     (document,) = _emf(capsys.readouterr().out)
     assert document["InferenceLatency"][0] == 500.0
     assert len(document["InferenceLatency"]) == 2
+
+
+def test_metrics_of_another_model_go_in_a_document_of_their_own(
+    app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One document names one model: a second model's metrics (a preload of several at init) flush the
+    first's before they are recorded, so no value is published under the wrong model."""
+    app.handler(_event("/v2/models/iris/infer", "warm-up"), LocalLambdaContext())
+    capsys.readouterr()
+    iris = app.service.lifecycle.get("iris", None)
+    app.PowertoolsObserver().inference_done(iris, 0.25)
+    add_sub = app.service.lifecycle.get("add_sub", None)  # loads it: its ModelLoadTime, under add_sub
+    app.PowertoolsObserver().inference_done(add_sub, 0.5)
+    app.flush_metrics()
+    documents = _emf(capsys.readouterr().out)
+    assert [(document["model"], _metric_names(document)) for document in documents] == [
+        ("iris", ["InferenceLatency"]),
+        ("add_sub", ["ModelLoadTime", "InferenceLatency"]),
+    ]
+    assert documents[0]["InferenceLatency"] == [250.0]
+    assert documents[1]["InferenceLatency"] == [500.0]
 
 
 def test_metrics_disabled_prints_no_emf_as_before(

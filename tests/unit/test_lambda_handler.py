@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import io
 import logging
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import orjson
+import pybase64
 import pytest
 from modelship.doors.local_http import LocalLambdaContext
 
@@ -68,3 +70,23 @@ def test_core_logs_carry_the_correlation_id(app: ModuleType) -> None:
     errors = [line for line in lines if line["level"] == "ERROR"]
     assert errors and errors[0]["correlation_id"] == event["requestContext"]["requestId"]
     assert errors[0]["name"] == "modelship.core.lifecycle"
+
+
+def test_handler_inflates_gzip_requests_and_gzips_large_answers(app: ModuleType) -> None:
+    """The Lambda entry, as API Gateway calls it: a gzip body base64-encoded (binaryMediaTypes "*/*"),
+    and a gzip answer returned base64 with isBase64Encoded, which API Gateway sends as raw bytes and does
+    not compress again (the answer carries Content-Encoding)."""
+    rows = [[5.1, 3.5, 1.4, 0.2]] * 100
+    body = orjson.dumps({"inputs": [{"name": "input", "shape": [100, 4], "datatype": "FP32", "data": rows}]})
+    event = load_event("infer_json.json")
+    event["headers"] = {**event["headers"], "Content-Encoding": "gzip", "Accept-Encoding": "gzip, deflate"}
+    event["body"] = pybase64.b64encode_as_string(gzip.compress(body))
+    event["isBase64Encoded"] = True
+    result = app.handler(event, LocalLambdaContext())
+    assert result["statusCode"] == 200
+    assert result["isBase64Encoded"] is True
+    assert result["headers"]["Content-Encoding"] == "gzip"
+    assert result["headers"]["Vary"] == "Accept-Encoding"
+    document = orjson.loads(gzip.decompress(pybase64.b64decode(result["body"])))
+    assert document["outputs"][0]["shape"] == [100, 3]
+    assert app.handler.service is app.service, "a local door running this handler finds its service"

@@ -2,7 +2,7 @@
 
 The Lambda entry (``functions/inference/app.py``) wraps ``handle_event`` in Powertools; ``modelship
 serve`` runs the same translation behind the local HTTP door, which builds the same events, so a request
-gets the same response through every door.
+gets the same response through every door, content codings included (``doors.compression``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pybase64
 from modelship.core.errors import BadRequest, ModelshipError
 from modelship.core.messages import Response, error_response
 from modelship.core.service import InferenceService
+from modelship.doors.compression import MIN_COMPRESSED_BYTES, VARY_HEADER, decode_body, encode_body
 
 # A Lambda handler's shape: (event, context) -> proxy result.
 ProxyHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -41,24 +42,38 @@ def handle_event(service: InferenceService, event: dict[str, Any]) -> dict[str, 
         (key if type(key) is str else str(key)).lower(): value if type(value) is str else str(value)
         for key, value in raw_headers.items()
     }
+    accept_encoding = headers.get("accept-encoding")
     try:
         body = _body_bytes(event)
+        content_encoding = headers.get("content-encoding")
+        if content_encoding is not None:
+            # Inflated within the cap, which the core then checks again: the same 413 either way.
+            body = decode_body(body, content_encoding, service.settings.max_request_bytes)
     except ModelshipError as error:
-        return to_proxy_result(error_response(error))
-    return to_proxy_result(service.handle(method, path, headers, body))
+        return to_proxy_result(error_response(error), accept_encoding)
+    return to_proxy_result(service.handle(method, path, headers, body), accept_encoding)
 
 
 def _not_an_event() -> dict[str, Any]:
     return to_proxy_result(error_response(BadRequest("not an API Gateway REST proxy event")))
 
 
-def proxy_handler(service: InferenceService) -> ProxyHandler:
-    """``handle_event`` as a plain Lambda-style handler, without Powertools: what the local door runs."""
+class ServiceHandler:
+    """``handle_event`` as a plain Lambda-style handler, without Powertools: what the local door runs.
+    It names the service behind it (``service``), so the local door's ``/metrics`` can report the models
+    it has loaded; ``inference.app.handler`` does the same."""
 
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        return handle_event(service, event)
+    __slots__ = ("service",)
 
-    return handler
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return handle_event(self.service, event)
+
+
+def proxy_handler(service: InferenceService) -> ServiceHandler:
+    return ServiceHandler(service)
 
 
 def _body_bytes(event: dict[str, Any]) -> bytes:
@@ -83,12 +98,23 @@ def _body_bytes(event: dict[str, Any]) -> bytes:
     return encoded
 
 
-def to_proxy_result(response: Response) -> dict[str, Any]:
+def to_proxy_result(response: Response, accept_encoding: str | None = None) -> dict[str, Any]:
+    """The proxy result for ``response``, compressed when ``accept_encoding`` (the request's
+    ``Accept-Encoding``) takes it; a compressed body goes base64-encoded, like a binary one."""
+    raw = response.body
+    headers = response.headers()
     is_binary = response.header_length is not None
+    if len(raw) > MIN_COMPRESSED_BYTES:
+        headers = {**headers, **VARY_HEADER}
+        if accept_encoding is not None:
+            raw, coding = encode_body(raw, accept_encoding)
+            if coding is not None:
+                headers["Content-Encoding"] = coding
+                is_binary = True
     if is_binary:
-        body: str = pybase64.b64encode_as_string(response.body)
+        body: str = pybase64.b64encode_as_string(raw)
     else:
-        body = response.body.decode("utf-8")
+        body = raw.decode("utf-8")
     if len(body) > MAX_RESPONSE_PAYLOAD_BYTES - _RESPONSE_FRAMING_BYTES and response.status == 200:
         # Lambda would refuse to return it and API Gateway would answer a bare 502; say why instead.
         # (A JSON body may grow a little more when Lambda escapes it; the margin covers ordinary output.)
@@ -98,11 +124,12 @@ def to_proxy_result(response: Response) -> dict[str, Any]:
                     f"the response would be {len(body)} bytes, over the {MAX_RESPONSE_PAYLOAD_BYTES}-byte "
                     "limit of a Lambda response: request fewer outputs, binary outputs, or a smaller batch"
                 )
-            )
+            ),
+            accept_encoding,
         )
     return {
         "statusCode": response.status,
-        "headers": response.headers(),
+        "headers": headers,
         "body": body,
         "isBase64Encoded": is_binary,
     }

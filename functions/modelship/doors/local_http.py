@@ -52,6 +52,7 @@ import pybase64
 
 from modelship.core.errors import PayloadTooLarge
 from modelship.core.messages import check_request_size
+from modelship.doors.prometheus_metrics import METRICS_PATH, LoadedModels, ServerMetrics
 
 logger = logging.getLogger("modelship.http")
 
@@ -101,6 +102,7 @@ _FAST_HEAD: Final = re.compile(
 # A target that ``urlsplit`` and ``unquote`` would return unchanged as the path, with no query.
 _PLAIN_PATH: Final = re.compile(r"/(?!/)[^?#%\t\r\n]*")
 _JSON: Final = {"Content-Type": "application/json"}
+_METRICS_QUERY: Final = METRICS_PATH + "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,6 +540,13 @@ class _Connection:
                 # Half a request is not one and there is no one to answer; it is still logged.
                 self._log(request.method, request.target, 400, 0, started)
             raise
+        metrics = self.server.metrics
+        if request.target == METRICS_PATH or request.target.startswith(_METRICS_QUERY):
+            return self._serve_metrics(request, started)
+        metrics.request_started()
+        path = request.target
+        status = 502
+        counted = False
         turns = self.server._turns
         turn = turns.take()
         try:
@@ -545,6 +554,7 @@ class _Connection:
             event = build_proxy_event(
                 request.method, request.target, request.headers, body, context.aws_request_id
             )
+            path = event["path"]
             try:
                 result = self.server.lambda_handler(event, context)
                 status = int(result["statusCode"])
@@ -556,11 +566,37 @@ class _Connection:
                 logger.exception("the Lambda handler failed")
                 status, headers, raw = 502, _JSON, _error_body("internal server error")
             close = request.close or self.server.stopping
+            # Counted before it is sent: a client that has its answer finds it in /metrics.
+            metrics.request_done(path, status, time.perf_counter() - started)
+            counted = True
             # A client slow to read its answer gives up the turn while it is waited for.
             self._send(status, headers, raw, request, close, on_wait=lambda: turns.give(turn))
             self._log(request.method, request.target, status, len(raw), started)
         finally:
             turns.give(turn)
+            if not counted:
+                metrics.request_done(path, status, time.perf_counter() - started)
+        return self._after_answer(close)
+
+    def _serve_metrics(self, request: _Request, started: float) -> bool:
+        """``/metrics``, answered by the server itself: no handler, no turn (a scrape never waits behind
+        inference, and inference never waits behind a scrape)."""
+        accept = accept_encoding = None
+        for key, value in request.headers:
+            lowered = key.lower()
+            if lowered == "accept":
+                accept = value
+            elif lowered == "accept-encoding":
+                accept_encoding = value
+        status, headers, raw = self.server.metrics.answer(request.method, accept, accept_encoding)
+        close = request.close or self.server.stopping
+        self.server.metrics.request_done(METRICS_PATH, status, time.perf_counter() - started, in_flight=False)
+        self._send(status, headers, raw, request, close)
+        self._log(request.method, request.target, status, len(raw), started)
+        return self._after_answer(close)
+
+    def _after_answer(self, close: bool) -> bool:
+        """After an answer: True when the connection stays open for the next request."""
         if close:
             self._linger()
             return False
@@ -701,8 +737,11 @@ class _Connection:
 
     def _refuse(self, refusal: _Refusal, request: _Request | None, started: float) -> None:
         body = _error_body(refusal.message)
-        self._send(refusal.status, _JSON, body, request, close=True, head_only=refusal.to_head_request)
         method, target = (request.method, request.target) if request is not None else ("-", "-")
+        self.server.metrics.request_done(
+            target.split("?", 1)[0], refusal.status, time.perf_counter() - started, in_flight=False
+        )
+        self._send(refusal.status, _JSON, body, request, close=True, head_only=refusal.to_head_request)
         self._log(method, target, refusal.status, len(body), started)
         if refusal.linger:
             self._linger()
@@ -765,6 +804,13 @@ class _Connection:
             )
 
 
+def _loaded_models_of(handler: LambdaHandler) -> LoadedModels | None:
+    """``handler.service.lifecycle.loaded``, when the handler names the ``InferenceService`` it runs."""
+    lifecycle = getattr(getattr(handler, "service", None), "lifecycle", None)
+    loaded: LoadedModels | None = getattr(lifecycle, "loaded", None)
+    return loaded
+
+
 def _descriptor_limit() -> int | None:
     try:
         import resource
@@ -796,6 +842,8 @@ class LocalServer:
         lambda_handler: LambdaHandler,
         max_request_bytes: int,
         limits: Limits = DEFAULT_LIMITS,
+        *,
+        loaded_models: LoadedModels | None = None,
     ) -> None:
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -823,6 +871,12 @@ class LocalServer:
         self._wake_write.setblocking(False)
         self._last_warning: dict[str, float] = {}
         self._turns = _Turns(limits.turn_seconds)
+        # GET /metrics. The models' load times come from the service behind the handler when it names one
+        # (``apigw.proxy_handler``'s and ``inference.app.handler`` do), unless ``loaded_models`` is given.
+        self.metrics = ServerMetrics(
+            loaded_models if loaded_models is not None else _loaded_models_of(lambda_handler),
+            lambda: self.open_connections,
+        )
 
     def limit_connections(self, count: int) -> None:
         """Serve at most ``count`` connections at once, fewer if the file-descriptor limit is lower. Safe
