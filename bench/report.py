@@ -28,6 +28,7 @@ SERIES_FILES = {
     "http": "http.json",
     "cost": "cost.json",
     "int8": "int8.json",
+    "compression": "compression.json",
 }
 LAYER_TARGET_BYTES = 25_000_000
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -857,6 +858,14 @@ def section_cost(cost: dict[str, Any] | None, why: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
+def section_compression(document: dict[str, Any] | None, error: str) -> list[str]:
+    # bench/compression.py renders its own section (issue 12: bytes and time, with and without gzip).
+    import compression
+
+    lines: list[str] = compression.section_markdown((document or {}).get("rows"), error or "not measured")
+    return lines
+
+
 def section_int8(document: dict[str, Any] | None, error: str) -> list[str]:
     # bench/int8.py renders its own section (it runs modelship optimize's code); imported only here, as
     # it brings onnxruntime in.
@@ -913,6 +922,10 @@ def write_report(data: Path, docs: Path) -> Path:
         ("series 8", lambda: section_cold(cold, step_error(run, "cold_start"), plots)),
         ("series 9", lambda: section_footprint(footprint, step_error(run, "footprint"), plots)),
         ("series 10", lambda: section_cost(cost, step_error(run, "cost"))),
+        (
+            "compression",
+            lambda: section_compression(loaded.get("compression"), step_error(run, "compression")),
+        ),
         ("INT8", lambda: section_int8(loaded.get("int8"), step_error(run, "int8"))),
     ]
     for name, section in sections:

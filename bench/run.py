@@ -34,7 +34,7 @@ import cost  # noqa: E402
 import report  # noqa: E402
 from models import write_models  # noqa: E402
 
-STEPS = ("inprocess", "cold_start", "footprint", "http", "cost", "int8")
+STEPS = ("inprocess", "compression", "cold_start", "footprint", "http", "cost", "int8")
 HTTP_MODELS = ("tiny", "cnn")
 # Each subprocess series is bounded, so a wedged run cannot hold `make bench` for ever.
 STEP_TIMEOUT_SECONDS = 900
@@ -170,6 +170,7 @@ def main() -> int:
     quick = ["--quick"] if args.quick else []
     actions: dict[str, Callable[[], None]] = {
         "inprocess": lambda: run_script("inprocess.py", data / "inprocess.json", quick),
+        "compression": lambda: run_script("compression.py", data / "compression.json", quick),
         "cold_start": lambda: run_script("cold_start.py", data / "cold_start.json", quick),
         "footprint": lambda: run_script(
             "footprint.py", data / "footprint.json", quick + (["--build-layers"] if args.build_layers else [])
