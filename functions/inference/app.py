@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -113,6 +113,52 @@ class PowertoolsObserver:
         _record("InferenceLatency", seconds * 1000)
 
 
+class _Layout(NamedTuple):
+    directives: list[dict[str, Any]]
+    dimensions: dict[str, str]
+
+
+# The EMF document's fixed part (namespace, dimension sets, metric definitions) for each combination met:
+# a warm function meets the same few on every invocation. Bounded: model names come from the store.
+_layouts: dict[tuple[Any, ...], _Layout] = {}
+_MAX_LAYOUTS: Final = 256
+
+
+def _layout(
+    namespace: str, service_name: str | None, model: str | None, metric_set: dict[str, Any]
+) -> _Layout:
+    key = (
+        namespace,
+        service_name,
+        model,
+        *[
+            (name, metric.get("Unit", ""), metric.get("StorageResolution"))
+            for name, metric in metric_set.items()
+        ],
+    )
+    layout = _layouts.get(key)
+    if layout is not None:
+        return layout
+    definitions = []
+    for name, metric in metric_set.items():
+        definition = {"Name": name, "Unit": metric.get("Unit", "")}
+        if metric.get("StorageResolution", _STANDARD_RESOLUTION) == 1:
+            definition["StorageResolution"] = 1
+        definitions.append(definition)
+    dimensions = {"service": service_name} if service_name else {}
+    dimension_sets = [list(dimensions)]
+    if model is not None:
+        dimensions[MODEL_DIMENSION] = model
+        dimension_sets.append(list(dimensions))
+    layout = _Layout(
+        [{"Namespace": namespace, "Dimensions": dimension_sets, "Metrics": definitions}], dimensions
+    )
+    if len(_layouts) >= _MAX_LAYOUTS:
+        _layouts.clear()
+    _layouts[key] = layout
+    return layout
+
+
 def flush_metrics() -> None:
     """Print the invocation's EMF document and clear the metric set, as ``metrics.flush_metrics()``
     does, in one orjson write. The fast path covers the state this door leaves (its metrics, the service
@@ -143,28 +189,11 @@ def flush_metrics() -> None:
             metrics.add_dimensions(**model_set)
         metrics.flush_metrics()
         return
-    definitions = []
-    values: dict[str, Any] = {}
-    for name, metric in metric_set.items():
-        definition = {"Name": name, "Unit": metric.get("Unit", "")}
-        if metric.get("StorageResolution", _STANDARD_RESOLUTION) == 1:
-            definition["StorageResolution"] = 1
-        definitions.append(definition)
-        values[name] = metric.get("Value", 0)
-    service_name = provider.service
-    dimensions = {"service": service_name} if service_name else {}
-    dimension_sets = [list(dimensions)]
-    if model is not None:
-        dimensions[MODEL_DIMENSION] = model
-        dimension_sets.append(list(dimensions))
+    values = {name: metric.get("Value", 0) for name, metric in metric_set.items()}
+    layout = _layout(provider.namespace, provider.service, model, metric_set)
     document = {
-        "_aws": {
-            "Timestamp": int(time.time() * 1000),
-            "CloudWatchMetrics": [
-                {"Namespace": provider.namespace, "Dimensions": dimension_sets, "Metrics": definitions}
-            ],
-        },
-        **dimensions,
+        "_aws": {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": layout.directives},
+        **layout.dimensions,
         **values,
     }
     # One write of the whole line: what print(json.dumps(...)) writes in two.
@@ -209,6 +238,11 @@ def _correlation_id(event: Any) -> Any:
     return None
 
 
+# The logger's formatter, found once: Logger.registered_formatter looks it up through its handler on
+# every access.
+_formatter = logger.registered_formatter
+
+
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """The Lambda entry: the keys ``logger.inject_lambda_context`` appends, set in one update, so every
     line this request logs (the core's too) carries them and the correlation id."""
@@ -217,7 +251,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     _cold_start = False
     lambda_context = _lambda_context(context)
     # Logger.append_keys, without its trip through the properties that find the formatter twice.
-    logger.registered_formatter.append_keys(
+    _formatter.append_keys(
         cold_start=cold_start,
         function_name=lambda_context.function_name,
         function_memory_size=lambda_context.memory_limit_in_mb,
