@@ -6,7 +6,8 @@ command line arrive as strings, values from ``cdk.json`` may be typed JSON, and 
 default. Any other key, however spelt (``Memory``, ``log-retention-days``), is an error; only CDK's own
 keys pass. Every invalid value is reported at once, so one synth shows every mistake; the checks between
 values (the latency alarm against the timeout, the two layer zips, provisioned against reserved
-concurrency, options that need another) follow once each value is valid.
+concurrency, options that need another, what fits in the function's environment) follow once each
+value is valid.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 from modelship.core.errors import BadRequest
 from modelship.core.names import parse_model_references
-from modelship.core.settings import FALSE_WORDS, TRUE_WORDS
+from modelship.core.settings import (
+    FALSE_WORDS,
+    MAX_TRUSTED_KEY_ENTRIES,
+    PRELOAD_ENV,
+    TRUE_WORDS,
+    TRUSTED_KEYS_ENV,
+)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -58,6 +65,21 @@ _SNS_TOPIC_ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A
 _THING_GROUP_ARN_PATTERN = re.compile(
     r"arn:aws[a-z-]*:iot:[a-z]{2}(?:-[a-z]+)+-[0-9]:[0-9]{12}:thinggroup/[a-zA-Z0-9:_-]{1,128}"
 )
+# A KMS key by ARN, as IAM names it in a policy's Resource: a key id (UUID) or a multi-Region key id.
+_KMS_KEY_ARN_PATTERN = re.compile(
+    r"arn:aws(?:-[a-z]+)*:kms:[a-z]{2}(?:-[a-z]+)+-[0-9]:[0-9]{12}:key/"
+    r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+)
+_KMS_ALIAS_PATTERN = re.compile(r"(?:arn:[^:]*:kms:[^:]*:[^:]*:)?alias/.*")
+_KMS_BARE_KEY_ID_PATTERN = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}"
+)
+KMS_KEY_ARN_FORM: Final = "arn:<partition>:kms:<region>:<12-digit account>:key/<key id>"
+# Lambda refuses a function whose environment variables (names and values) exceed 4 KB in all. The
+# values the context sets (trusted_keys, preload) get what the function's own variables leave; those
+# stay under the reserve (tests/infra/test_trusted_keys.py measures them).
+LAMBDA_ENVIRONMENT_BYTES: Final = 4096
+FUNCTION_OWN_ENVIRONMENT_BYTES: Final = 1024
 # Where `modelship edge package --out` writes by default; the edge stack is built from it when it exists.
 DEFAULT_EDGE_PACKAGE = REPO_ROOT / "build" / "edge"
 EDGE_PACKAGE_COMMAND = "modelship edge package --store s3://BUCKET/PREFIX --model NAME --out build/edge"
@@ -186,6 +208,47 @@ def _smoke_model(value: object) -> str | None:
     return references[0]
 
 
+def _trusted_keys(value: object) -> tuple[str, ...]:
+    """KMS key ARNs, comma-separated (or a list in cdk.json): the function's ``MODELSHIP_TRUSTED_KEYS``
+    and the resources of its kms:GetPublicKey grant, so each must be a key ARN, which IAM can name
+    (never an alias or a bare key id, which the runtime would accept but no policy could grant)."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if any("," in item for item in value):
+            raise _problem("each item of the list must be one KMS key ARN")
+        entries = [item.strip() for item in value]
+    elif isinstance(value, str):
+        entries = [item.strip() for item in value.split(",")]
+    else:
+        raise _problem("must be a comma-separated string or a list of strings (KMS key ARNs)")
+    if len(entries) > MAX_TRUSTED_KEY_ENTRIES:
+        raise _problem(f"at most {MAX_TRUSTED_KEY_ENTRIES} keys, got {len(entries)}")
+    problems = [
+        problem
+        for number, entry in enumerate(entries, start=1)
+        if (problem := _trusted_key_problem(number, entry, entries[: number - 1]))
+    ]
+    if problems:
+        raise _problem("; ".join(problems))
+    return tuple(entries)
+
+
+def _trusted_key_problem(number: int, entry: str, earlier: list[str]) -> str | None:
+    where = f"entry {number}"
+    if not entry:
+        return f"{where} is empty (a doubled, leading or trailing comma?)"
+    if _KMS_KEY_ARN_PATTERN.fullmatch(entry):
+        return f"{where} ({entry}) is listed twice" if entry in earlier else None
+    if _KMS_ALIAS_PATTERN.fullmatch(entry):
+        return (
+            f"{where} ({entry}) is a KMS alias: the function's role is granted kms:GetPublicKey on key "
+            "ARNs, and an alias may be pointed at another key; give the key's ARN "
+            f"(aws kms describe-key --key-id {entry} --query KeyMetadata.Arn)"
+        )
+    if _KMS_BARE_KEY_ID_PATTERN.fullmatch(entry):
+        return f"{where} ({entry}) is a key id without its ARN: give the key ARN, {KMS_KEY_ARN_FORM}"
+    return f"{where} ({entry[:120]!r}) is not a KMS key ARN: {KMS_KEY_ARN_FORM}"
+
+
 def _zip_file(value: object) -> Path:
     if not isinstance(value, str):
         raise _problem("must be a path to a .zip file")
@@ -250,6 +313,8 @@ class DeployConfig(BaseModel):
     # Releases through CodeDeploy (the configuration's short name), smoke-tested first on this model.
     canary: Annotated[str | None, BeforeValidator(_canary)] = None
     canary_smoke_model: Annotated[str | None, BeforeValidator(_smoke_model)] = "iris"
+    # Signed models: the function serves only versions one of these KMS keys signed (core/signing.py).
+    trusted_keys: Annotated[tuple[str, ...], BeforeValidator(_trusted_keys)] = ()
     dashboard: Annotated[bool, Boolean] = False
     snapstart: Annotated[bool, Boolean] = False
     removal: Removal = "retain"
@@ -280,6 +345,7 @@ class DeployConfig(BaseModel):
                 f"make one with `{EDGE_PACKAGE_COMMAND}`"
             )
         problems += self._capacity_problems()
+        problems += self._environment_problems()
         if self.canary is None and "canary_smoke_model" in self.model_fields_set:
             problems.append(
                 "canary_smoke_model is the pre-traffic check of a canary release: it needs canary"
@@ -320,6 +386,19 @@ class DeployConfig(BaseModel):
                 if value is not None and value > reserved
             ]
         return problems
+
+    def _environment_problems(self) -> list[str]:
+        """The context's variables must fit in what Lambda allows beside the function's own."""
+        variables = {TRUSTED_KEYS_ENV: ",".join(self.trusted_keys), PRELOAD_ENV: ",".join(self.preload)}
+        size = sum(len(name) + len(value) for name, value in variables.items() if value)
+        room = LAMBDA_ENVIRONMENT_BYTES - FUNCTION_OWN_ENVIRONMENT_BYTES
+        if size <= room:
+            return []
+        return [
+            f"trusted_keys and preload would make {size} bytes of environment variables, but Lambda allows "
+            f"{LAMBDA_ENVIRONMENT_BYTES} in all and the function's own take up to "
+            f"{FUNCTION_OWN_ENVIRONMENT_BYTES}: name fewer keys or models (at most {room} bytes)"
+        ]
 
     @property
     def functions_dir(self) -> Path:

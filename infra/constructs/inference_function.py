@@ -15,6 +15,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from modelship.core.identity import METRICS_NAMESPACE, SERVICE_NAME
+from modelship.core.settings import PRELOAD_ENV, TRUSTED_KEYS_ENV
 
 from infra.constructs.model_bucket import MODELS_PREFIX
 from infra.constructs.prebuilt_layer import LAMBDA_RUNTIME, lambda_architecture
@@ -77,6 +78,8 @@ class InferenceFunctionProps:
     provisioned_concurrency: int | None = None
     provisioned_concurrency_max: int | None = None
     provisioned_concurrency_target: float = 0.7
+    # KMS key ARNs a version's manifest must be signed by; empty: signatures are not required.
+    trusted_keys: Sequence[str] = ()
 
 
 class InferenceFunction(Construct):
@@ -87,7 +90,7 @@ class InferenceFunction(Construct):
         self.log_group = logs.LogGroup(
             self, "Logs", retention=props.log_retention, removal_policy=props.removal_policy
         )
-        self.role = self._least_privilege_role(props.model_bucket)
+        self.role = self._least_privilege_role(props.model_bucket, props.trusted_keys)
 
         environment = {
             "MODELSHIP_STORE": f"s3://{props.model_bucket.bucket_name}",
@@ -109,7 +112,11 @@ class InferenceFunction(Construct):
         }
         if props.preload:
             # Loaded during init, so with SnapStart the models are inside the snapshot.
-            environment["MODELSHIP_PRELOAD"] = ",".join(props.preload)
+            environment[PRELOAD_ENV] = ",".join(props.preload)
+        if props.trusted_keys:
+            # Resolved once, during init, through kms:GetPublicKey: an unreachable or unusable key fails
+            # the init (and with a canary, the pre-traffic hook), never a request.
+            environment[TRUSTED_KEYS_ENV] = ",".join(props.trusted_keys)
 
         bundler = CompiledFunctionCode(props.functions_dir)
         self.function = lambda_.Function(
@@ -207,8 +214,9 @@ class InferenceFunction(Construct):
     def models_objects_arn(bucket: s3.IBucket) -> str:
         return bucket.arn_for_objects(f"{MODELS_PREFIX}*")
 
-    def _least_privilege_role(self, bucket: s3.IBucket) -> iam.Role:
-        """A role with no managed policies: its own log group, models/ read-only, and X-Ray (from tracing)."""
+    def _least_privilege_role(self, bucket: s3.IBucket, trusted_keys: Sequence[str]) -> iam.Role:
+        """A role with no managed policies: its own log group, models/ read-only, X-Ray (from tracing), and
+        the public keys of the trusted signing keys when there are any."""
         role = role_writing_only_to(
             self,
             "Role",
@@ -235,4 +243,11 @@ class InferenceFunction(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{MODELS_PREFIX}*"]}, "StringEquals": same_account},
             )
         )
+        if trusted_keys:
+            # The public half only, of exactly these keys (ARNs, never aliases: infra/config.py).
+            role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="ReadTrustedPublicKeys", actions=["kms:GetPublicKey"], resources=list(trusted_keys)
+                )
+            )
         return role

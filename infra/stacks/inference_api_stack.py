@@ -85,6 +85,7 @@ class InferenceApiStack(Stack):
                 provisioned_concurrency=config.provisioned_concurrency,
                 provisioned_concurrency_max=config.provisioned_concurrency_max,
                 provisioned_concurrency_target=config.provisioned_concurrency_target,
+                trusted_keys=config.trusted_keys,
             ),
         )
         self.api = InferenceApi(

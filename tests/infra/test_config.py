@@ -46,6 +46,7 @@ def test_defaults_need_no_context() -> None:
     assert config.snapstart is False
     assert config.removal == "retain"
     assert config.reserved_concurrency is None
+    assert config.trusted_keys == ()
     assert config.stack_name("api") == "modelship-prod-api"
 
 
@@ -149,6 +150,10 @@ def test_empty_values_mean_the_default() -> None:
         ("thing_group", "fleet", "unknown context key 'thing_group' (did you mean 'thing_group_arn'?)"),
         ("edge_package", "/nonexistent/edge", "is not an existing directory"),
         ("edge_package", 3, "must be a path to a directory"),
+        ("trusted_keys", "alias/modelship-signing", "is a KMS alias"),
+        ("trusted_keys", "arn:aws:kms:eu-west-1:123456789012:key/", "is not a KMS key ARN"),
+        ("trusted_keys", ",", "entry 1 is empty"),
+        ("trusted_key", "alias/x", "unknown context key 'trusted_key' (did you mean 'trusted_keys'?)"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_key_and_the_reason(
