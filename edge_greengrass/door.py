@@ -42,6 +42,7 @@ from edge_greengrass.ipc import (
     IpcBridge,
     IpcClient,
     IpcClientFactory,
+    MetricsPublisher,
     close_client,
     describe_error,
     nucleus_available,
@@ -72,6 +73,10 @@ logger = logging.getLogger("edge_greengrass")
 SHUTDOWN_GRACE_SECONDS: Final = 2.0
 SHUTDOWN_FINISH_SECONDS: Final = 0.5
 IPC_FINISH_SECONDS: Final = 0.3
+# A publication of the figures still under way at shutdown: the process's end takes its daemon thread.
+METRICS_STOP_SECONDS: Final = 0.2
+# Set by the nucleus for every component: the figures name the device they come from.
+THING_NAME_ENV: Final = "AWS_IOT_THING_NAME"
 WORK_LOCK_FILE: Final = ".lock"
 
 # (handler, service): the Lambda handler to run and the InferenceService behind it.
@@ -121,6 +126,7 @@ class EdgeDoor:
         self._load_handler = load_handler
         self.client: IpcClient | None = None
         self.bridge: IpcBridge | None = None
+        self.metrics_publisher: MetricsPublisher | None = None
         self.server: LocalServer | None = None
         self.service: InferenceService | None = None
         self.view: StoreView | None = None
@@ -174,6 +180,8 @@ class EdgeDoor:
                 handler,
                 self.settings.max_request_bytes,
                 Limits(max_connections=self.settings.worker_threads),
+                # The cloud fallback's wrapper hides the service: /metrics reads the load times here.
+                loaded_models=service.lifecycle.loaded,
             )
         except OSError as error:
             return self._cannot_serve(
@@ -191,6 +199,13 @@ class EdgeDoor:
             except Exception as error:
                 self.server.server_close()
                 return self._cannot_serve(f"cannot subscribe over Greengrass IPC: {describe_error(error)}")
+            self.metrics_publisher = MetricsPublisher(
+                self.client,
+                self.server.metrics.snapshot,
+                self.settings,
+                thing_name=self.environ.get(THING_NAME_ENV),
+            )
+            self.metrics_publisher.start()
         host, port = self.server.server_address
         logger.info("modelship %s edge door serving on http://%s:%d/v2", __version__, host, port)
         if self._stop_requested.is_set():
@@ -304,6 +319,8 @@ class EdgeDoor:
             self.service.settings = dataclasses.replace(
                 self.service.settings, max_request_bytes=settings.max_request_bytes
             )
+        if self.metrics_publisher is not None:
+            self.metrics_publisher.apply(self.settings)
 
     def shutdown(self) -> None:
         """Ask ``serve`` to stop. Safe from any thread and from a signal handler; a second call cuts the
@@ -320,6 +337,7 @@ class EdgeDoor:
             server.serve_forever()
             logger.info("shutting down")
             started = time.monotonic()
+            self._stop_metrics()
             if self.bridge is not None:
                 self.bridge.stop_taking()
             self.abandoned = server.drain(
@@ -335,10 +353,18 @@ class EdgeDoor:
                 )
             logger.info("stopped in %.2f s", time.monotonic() - started)
         finally:
+            self._stop_metrics()
             server.server_close()
             if self.client is not None:
                 close_client(self.client)
         return self._exit_code
+
+    def _stop_metrics(self) -> None:
+        publisher = self.metrics_publisher
+        if publisher is None or publisher.stopped:
+            return
+        if not publisher.stop(METRICS_STOP_SECONDS):
+            logger.warning("a publication of the server's figures was still under way at shutdown")
 
     def _cancel_after_grace(self, deadline: float) -> None:
         # The HTTP grace ends as soon as no connection is busy; IPC requests get the rest of it.
@@ -379,8 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
             "(MODELSHIP_EDGE_CLOUD_* variables, set by the recipe from the cloud* configuration keys)."
         ),
         epilog=(
-            "Under a nucleus, workerThreads, maxRequestBytes, requestTopicPrefix and replyTopicPrefix are "
-            "read from the component's configuration over IPC and applied in place when they change; "
+            "Under a nucleus, workerThreads, maxRequestBytes, requestTopicPrefix, replyTopicPrefix, "
+            "metricsTopic and metricsIntervalSeconds are read from the component's configuration over IPC "
+            "and applied in place when they change (the server's figures, as GET /metrics reports them, are "
+            "published on metricsTopic); "
             "--worker-threads and --max-request-bytes are for runs outside a nucleus. SIGTERM stops it "
             f"within about {SHUTDOWN_GRACE_SECONDS + SHUTDOWN_FINISH_SECONDS:g} s."
         ),

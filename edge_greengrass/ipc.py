@@ -11,6 +11,9 @@ the same answer as every other door), and publishes ``{"correlation_id", "status
 
 Requests run on a pool of ``workerThreads`` threads: the SDK's callback thread only decodes and hands
 over, and a request past the pool's capacity is answered 503 at once rather than queued.
+
+``MetricsPublisher`` publishes the HTTP door's figures (what ``GET /metrics`` reports, as JSON) on
+``metricsTopic`` every ``metricsIntervalSeconds``.
 """
 
 from __future__ import annotations
@@ -394,6 +397,131 @@ class IpcBridge:
         except Exception as error:
             reason = describe_error(error)
             logger.warning("could not publish the reply on %s: %s", envelope.reply_topic, reason)
+
+
+class MetricsPublisher:
+    """Publishes the server's figures on ``metricsTopic`` every ``metricsIntervalSeconds`` (0: never), on a
+    daemon thread of its own, from ``start`` until ``stop``.
+
+    A message is ``{"thing": <AWS_IOT_THING_NAME or None>, **snapshot()}`` as a JSON message. A failed
+    publication (the nucleus refusing the topic, a closed connection) is logged once per run of
+    failures, and the next one is tried at the next interval. ``apply`` takes a new topic or interval in
+    place: the next publication is due one new interval after the last one (at once if that is past).
+    ``second`` is how long one configured second lasts (tests shorten it).
+    """
+
+    def __init__(
+        self,
+        client: IpcClient,
+        snapshot: Callable[[], Mapping[str, Any]],
+        settings: EdgeSettings,
+        *,
+        thing_name: str | None = None,
+        second: float = 1.0,
+    ) -> None:
+        self.client = client
+        self._snapshot = snapshot
+        self._settings = settings
+        self._thing_name = thing_name or None
+        self._second = second
+        self._changed = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+        self.published = 0
+
+    @property
+    def settings(self) -> EdgeSettings:
+        return self._settings
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._run, name="edge-metrics", daemon=True)
+        self._thread = thread
+        thread.start()
+        interval = self._settings.metrics_interval_seconds
+        if interval:
+            logger.info(
+                "publishing the server's figures on %s every %d s", self._settings.metrics_topic, interval
+            )
+        else:
+            logger.info("the server's figures are not published (metricsIntervalSeconds is 0)")
+
+    def apply(self, settings: EdgeSettings) -> None:
+        with self._changed:
+            previous = self._settings
+            self._settings = settings
+            self._changed.notify_all()
+        if (settings.metrics_topic, settings.metrics_interval_seconds) != (
+            previous.metrics_topic,
+            previous.metrics_interval_seconds,
+        ):
+            logger.info(
+                "the server's figures now go to %s every %d s (0: never)",
+                settings.metrics_topic,
+                settings.metrics_interval_seconds,
+            )
+
+    def stop(self, wait_seconds: float) -> bool:
+        """No publication starts once this returns; one already under way gets ``wait_seconds`` to end.
+        True if the thread has ended."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(wait_seconds)
+        return not thread.is_alive()
+
+    def publish_once(self, topic: str | None = None) -> bool:
+        """Take a snapshot and publish it (on ``topic``, else the configured one); True if it went out."""
+        topic = topic or self._settings.metrics_topic
+        try:
+            from awsiot.greengrasscoreipc.model import JsonMessage, PublishMessage
+
+            message = {"thing": self._thing_name, **self._snapshot()}
+            self.client.publish_to_topic(
+                topic=topic, publish_message=PublishMessage(json_message=JsonMessage(message=message))
+            )
+        except Exception as error:
+            self._failures += 1
+            if self._failures == 1:
+                logger.warning(
+                    "could not publish the server's figures on %s: %s; retrying every interval, quietly",
+                    topic,
+                    describe_error(error),
+                )
+            return False
+        if self._failures:
+            logger.info(
+                "published the server's figures on %s again, after %d failures", topic, self._failures
+            )
+            self._failures = 0
+        self.published += 1
+        return True
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            with self._changed:
+                while True:
+                    if self._stopped:
+                        return
+                    interval = self._settings.metrics_interval_seconds
+                    if not interval:
+                        self._changed.wait()
+                        continue
+                    remaining = last + interval * self._second - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+                topic = self._settings.metrics_topic
+            last = time.monotonic()
+            self.publish_once(topic)
 
 
 def _decode(message: Any) -> tuple[dict[str, Any], str]:

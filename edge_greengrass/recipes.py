@@ -22,6 +22,7 @@ from modelship.core.repository import MANIFEST_FILE, MODEL_FILE, manifest_key, m
 from modelship.core.settings import TRUSTED_KEYS_ENV
 
 from edge_greengrass.settings import (
+    ACCESS_CONTROL_KEY,
     AUTH_SIGV4,
     CLOUD_API_KEY_KEY,
     CLOUD_AUTH_KEY,
@@ -31,6 +32,7 @@ from edge_greengrass.settings import (
     EdgeConfigurationError,
     access_control_policy,
     parse_cloud_configuration,
+    parse_configuration,
 )
 
 RECIPE_FORMAT_VERSION: Final = "2020-01-25"
@@ -274,8 +276,12 @@ def inference_recipe(
     defaults: dict[str, Any] = dict(DEFAULT_CONFIGURATION)
     defaults.update(configuration or {})
     _check_cloud_configuration(defaults)
-    defaults["accessControl"] = access_control_policy(
-        component_name, defaults["requestTopicPrefix"], defaults["replyTopicPrefix"]
+    try:
+        settings = parse_configuration(defaults)
+    except EdgeConfigurationError as error:
+        raise BadRequest(f"the component's configuration: {error}") from None
+    defaults[ACCESS_CONTROL_KEY] = access_control_policy(
+        component_name, settings.request_topic_prefix, settings.reply_topic_prefix, settings.metrics_topic
     )
     lifecycle = {
         "Setenv": {

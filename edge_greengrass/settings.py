@@ -34,6 +34,9 @@ MAX_REQUEST_BYTES_KEY: Final = "maxRequestBytes"
 REQUEST_TOPIC_PREFIX_KEY: Final = "requestTopicPrefix"
 REPLY_TOPIC_PREFIX_KEY: Final = "replyTopicPrefix"
 ACCESS_CONTROL_KEY: Final = "accessControl"
+# The server's figures (what GET /metrics reports, as JSON) published on a local topic every so often.
+METRICS_TOPIC_KEY: Final = "metricsTopic"
+METRICS_INTERVAL_SECONDS_KEY: Final = "metricsIntervalSeconds"
 # PEM public keys a model's manifest must be signed by (core.signing), checked on the device, offline.
 # The Run step's Setenv hands it to the door as MODELSHIP_TRUSTED_KEYS: a change restarts the component
 # (the nucleus restarts one whose interpolated lifecycle changes), which checks every model again.
@@ -60,6 +63,12 @@ DEFAULT_PORT: Final = 8080
 DEFAULT_WORKER_THREADS: Final = 16
 DEFAULT_REQUEST_TOPIC_PREFIX: Final = "modelship/infer"
 DEFAULT_REPLY_TOPIC_PREFIX: Final = "modelship/reply"
+# Beside the request and reply prefixes, so that the door never receives its own figures as a request.
+DEFAULT_METRICS_TOPIC: Final = "modelship/metrics"
+DEFAULT_METRICS_INTERVAL_SECONDS: Final = 60
+# 0 turns the publication off; otherwise at least 5 s (a snapshot each second would only load the bus).
+MIN_METRICS_INTERVAL_SECONDS: Final = 5
+MAX_METRICS_INTERVAL_SECONDS: Final = 3600
 # Past this many threads a small device runs out of memory before it runs out of work.
 MAX_WORKER_THREADS: Final = 1024
 # Greengrass local topics may be long, but a prefix is only the start of one.
@@ -88,6 +97,8 @@ DEFAULT_CONFIGURATION: Final[dict[str, str]] = {
     MAX_REQUEST_BYTES_KEY: str(DEFAULT_MAX_REQUEST_BYTES),
     REQUEST_TOPIC_PREFIX_KEY: DEFAULT_REQUEST_TOPIC_PREFIX,
     REPLY_TOPIC_PREFIX_KEY: DEFAULT_REPLY_TOPIC_PREFIX,
+    METRICS_TOPIC_KEY: DEFAULT_METRICS_TOPIC,
+    METRICS_INTERVAL_SECONDS_KEY: str(DEFAULT_METRICS_INTERVAL_SECONDS),
     CLOUD_ENDPOINT_KEY: "",
     CLOUD_AUTH_KEY: AUTH_NONE,
     CLOUD_API_KEY_KEY: "",
@@ -122,6 +133,9 @@ class EdgeSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     request_topic_prefix: str = DEFAULT_REQUEST_TOPIC_PREFIX
     reply_topic_prefix: str = DEFAULT_REPLY_TOPIC_PREFIX
+    metrics_topic: str = DEFAULT_METRICS_TOPIC
+    # 0: the figures are not published.
+    metrics_interval_seconds: int = DEFAULT_METRICS_INTERVAL_SECONDS
 
     @property
     def request_topic_filter(self) -> str:
@@ -137,6 +151,7 @@ def parse_configuration(value: Mapping[str, Any]) -> EdgeSettings:
     merged = {**DEFAULT_CONFIGURATION, **{k: v for k, v in value.items() if k in DEFAULT_CONFIGURATION}}
     # The cloud keys are parsed by ``parse_cloud_configuration``: they reach the door through its
     # environment, and a bad one turns the fallback off without touching the rest.
+    request_topic_prefix = parse_topic_prefix(REQUEST_TOPIC_PREFIX_KEY, merged[REQUEST_TOPIC_PREFIX_KEY])
     return EdgeSettings(
         host=_host(merged[HOST_KEY]),
         port=parse_whole_number(PORT_KEY, merged[PORT_KEY], 1, 65535),
@@ -144,8 +159,10 @@ def parse_configuration(value: Mapping[str, Any]) -> EdgeSettings:
             WORKER_THREADS_KEY, merged[WORKER_THREADS_KEY], 1, MAX_WORKER_THREADS
         ),
         max_request_bytes=parse_whole_number(MAX_REQUEST_BYTES_KEY, merged[MAX_REQUEST_BYTES_KEY], 1, 2**62),
-        request_topic_prefix=parse_topic_prefix(REQUEST_TOPIC_PREFIX_KEY, merged[REQUEST_TOPIC_PREFIX_KEY]),
+        request_topic_prefix=request_topic_prefix,
         reply_topic_prefix=parse_topic_prefix(REPLY_TOPIC_PREFIX_KEY, merged[REPLY_TOPIC_PREFIX_KEY]),
+        metrics_topic=parse_metrics_topic(merged[METRICS_TOPIC_KEY], request_topic_prefix),
+        metrics_interval_seconds=parse_metrics_interval(merged[METRICS_INTERVAL_SECONDS_KEY]),
     )
 
 
@@ -186,6 +203,35 @@ def parse_topic_prefix(key: str, raw: Any) -> str:
     return prefix
 
 
+def parse_metrics_topic(raw: Any, request_topic_prefix: str) -> str:
+    """The topic the figures are published on: a topic (no wildcard, no empty level) that the door's own
+    request subscription (``<requestTopicPrefix>/+``) does not match, or the door would take its figures
+    for requests."""
+    topic = parse_topic_prefix(METRICS_TOPIC_KEY, raw)
+    under_requests = topic.startswith(request_topic_prefix + "/")
+    if under_requests and "/" not in topic.removeprefix(request_topic_prefix + "/"):
+        raise EdgeConfigurationError(
+            f"{METRICS_TOPIC_KEY} must not be a request topic ({request_topic_prefix}/<model>), "
+            f"got {_shown(raw)}"
+        )
+    return topic
+
+
+def parse_metrics_interval(raw: Any) -> int:
+    """Seconds between two publications of the figures: 0 (off), or from 5 to 3600."""
+    key = METRICS_INTERVAL_SECONDS_KEY
+    try:
+        seconds = parse_whole_number(key, raw, 0, MAX_METRICS_INTERVAL_SECONDS)
+    except EdgeConfigurationError:
+        seconds = -1
+    if seconds != 0 and not MIN_METRICS_INTERVAL_SECONDS <= seconds <= MAX_METRICS_INTERVAL_SECONDS:
+        raise EdgeConfigurationError(
+            f"{key} must be 0 (off) or a whole number from {MIN_METRICS_INTERVAL_SECONDS} to "
+            f"{MAX_METRICS_INTERVAL_SECONDS}, got {_shown(raw)}"
+        )
+    return seconds
+
+
 def parse_offline_trusted_keys(key: str, raw: Any) -> str:
     """Trusted keys a device can use offline: PEM public keys, inline or in files on the device, never a
     KMS key (that needs the network and credentials). "" when signatures are not required."""
@@ -224,23 +270,40 @@ def _shown(raw: Any) -> str:
     return text if len(text) <= 80 else text[:80] + "..."
 
 
-def access_control_policy(component_name: str, request_prefix: str, reply_prefix: str) -> dict[str, Any]:
-    """The ``accessControl`` value that lets the component receive requests and publish their replies.
+def access_control_policy(
+    component_name: str, request_prefix: str, reply_prefix: str, metrics_topic: str = DEFAULT_METRICS_TOPIC
+) -> dict[str, Any]:
+    """The ``accessControl`` value that lets the component receive requests, publish their replies, and
+    publish its figures.
 
     The resources follow the topics the door uses: it subscribes to ``<request_prefix>/+`` (local
-    pub/sub matches an MQTT wildcard in a resource literally, for SubscribeToTopic) and publishes under
-    ``<reply_prefix>/``. The policy id must be unique across components, hence the component's name."""
+    pub/sub matches an MQTT wildcard in a resource literally, for SubscribeToTopic), publishes under
+    ``<reply_prefix>/`` and on ``metrics_topic``. The figures get a policy of their own, publish only. A
+    policy id must be unique across components, hence the component's name in each."""
     request = parse_topic_prefix(REQUEST_TOPIC_PREFIX_KEY, request_prefix)
     reply = parse_topic_prefix(REPLY_TOPIC_PREFIX_KEY, reply_prefix)
+    metrics = parse_metrics_topic(metrics_topic, request)
     return {
         "aws.greengrass.ipc.pubsub": {
             f"{component_name}:pubsub:1": {
                 "policyDescription": "Receive inference requests and publish their replies",
                 "operations": ["aws.greengrass#SubscribeToTopic", "aws.greengrass#PublishToTopic"],
-                "resources": [f"{request}/+", f"{reply}/*"],
-            }
+                "resources": [f"{policy_literal(request)}/+", f"{policy_literal(reply)}/*"],
+            },
+            f"{component_name}:metrics:1": {
+                "policyDescription": "Publish the server's figures (GET /metrics, as JSON)",
+                "operations": ["aws.greengrass#PublishToTopic"],
+                "resources": [policy_literal(metrics)],
+            },
         }
     }
+
+
+def policy_literal(topic: str) -> str:
+    """``topic`` as an authorization resource that matches it and nothing else: the nucleus (2.6 and
+    later) reads ``*`` in a resource as a wildcard, refuses a bare ``?``, and takes ``${c}`` for the
+    literal character c (AuthorizationModule.validateResource, WildcardTrie)."""
+    return "".join(f"${{{character}}}" if character in "*?$" else character for character in topic)
 
 
 @dataclass(frozen=True, slots=True)

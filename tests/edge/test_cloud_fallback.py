@@ -231,6 +231,37 @@ def test_a_model_the_device_does_not_hold_is_forwarded_as_json_and_signed_with_t
     assert credentials["SecretAccessKey"] not in log and credentials["Token"] not in log
 
 
+def test_metrics_on_the_device_show_the_load_time_behind_the_fallback_and_count_forwarded_requests(
+    device: HybridDevice,
+) -> None:
+    """GET /metrics on the component as the device runs it (the handler wrapped by the fallback). The
+    IPC publication of the same figures cannot run here (the harness has no IPC server: the door logs
+    that IPC is off); the recipe's configuration and policy for it reach the device."""
+    held = ask(device.url, "POST", "/v2/models/iris/infer", json_request({"input": (IRIS, "FP32")}))
+    forwarded = ask(
+        device.url, "POST", "/v2/models/add_sub/infer", json_request({"a": (A, "FP32"), "b": (B, "FP32")})
+    )
+    assert (held.status, forwarded.status) == (200, 200)
+    answer = ask(device.url, "GET", "/metrics")
+    assert answer.status == 200, answer.body
+    samples = {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in answer.body.decode().splitlines())
+        if not name.startswith("#")
+    }
+    assert samples['modelship_model_load_seconds{model="iris",version="1"}'] > 0
+    assert samples["modelship_models_loaded"] == 1
+    assert samples['modelship_http_requests_total{endpoint="infer",model="iris",status="200"}'] >= 1
+    assert samples['modelship_http_requests_total{endpoint="infer",model="add_sub",status="200"}'] >= 1
+    configuration = device.nucleus.configuration(INFERENCE)
+    assert configuration["metricsTopic"] == "modelship/metrics"
+    assert configuration["metricsIntervalSeconds"] == "60"
+    policy = configuration["accessControl"]["aws.greengrass.ipc.pubsub"][f"{INFERENCE}:metrics:1"]
+    assert policy["operations"] == ["aws.greengrass#PublishToTopic"]
+    assert policy["resources"] == ["modelship/metrics"]
+    assert "IPC is off" in device.nucleus.logs(INFERENCE)
+
+
 def test_a_binary_request_is_forwarded_in_binary_and_the_served_by_parameter_fits_its_header(
     device: HybridDevice,
 ) -> None:

@@ -57,7 +57,13 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
     env.pop("AWS_PROFILE", None)
     env.pop("MODELSHIP_STORE", None)
     env.pop("MODELSHIP_TRUSTED_KEYS", None)
-    s3_client(endpoint).create_bucket(Bucket=BUCKET)
+    s3 = s3_client(endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    # moto keeps its state per process, not per server: another module's store (test_component pushes
+    # iris twice into the same bucket) would make the iris pushed here version 3 instead of 1.
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=item["Key"])
     kms = boto3.client(
         "kms",
         endpoint_url=endpoint,

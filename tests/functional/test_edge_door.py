@@ -4,12 +4,14 @@ for what needs a nucleus (configuration applied in place to the HTTP side)."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -22,10 +24,14 @@ from modelship.core.settings import STORE_ENV, Settings
 from modelship.doors.apigw import proxy_handler
 from modelship.doors.local_http import LambdaHandler
 
+from edge_greengrass.cloud_fallback import HybridHandler
 from edge_greengrass.door import DoorOptions, EdgeDoor
 from edge_greengrass.ipc import IPC_OFF_MESSAGE
+from edge_greengrass.packaging import build_components
+from edge_greengrass.recipes import ModelSource as RecipeModel
 from edge_greengrass.settings import EdgeSettings
 from edge_greengrass.store_view import ModelSource
+from tests.support.cloud_stub import RecordingCloud
 from tests.support.edge_door import (
     IRIS_REQUEST,
     NUCLEUS_SHUTDOWN_SECONDS,
@@ -207,10 +213,13 @@ def test_a_bad_argument_is_a_usage_error(tmp_path: Path) -> None:
 
 
 @contextmanager
-def door_in_process(artifacts: Path, tmp_path: Path, client: FakeGreengrassIPC) -> Iterator[EdgeDoor]:
+def door_in_process(
+    artifacts: Path, tmp_path: Path, client: FakeGreengrassIPC, extra_environ: dict[str, str] | None = None
+) -> Iterator[EdgeDoor]:
     environ: dict[str, str] = {
         "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT": "/nucleus/ipc.socket",
         "SVCUID": "token",
+        **(extra_environ or {}),
     }
 
     def load_handler() -> tuple[LambdaHandler, InferenceService]:
@@ -284,3 +293,95 @@ def test_the_configuration_read_over_ipc_and_its_updates_reach_the_http_side(
         assert reply["status"] == 200 and reply["response"]["model_name"] == "iris"
         assert call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)[0] == 200
     assert client.states == []
+
+
+def wait_until_ready(url: str, model: str) -> None:
+    deadline = time.monotonic() + 60
+    while call(url, "GET", f"/v2/models/{model}/ready")[0] != 200:
+        assert time.monotonic() < deadline, f"{model} never became ready"
+        time.sleep(0.02)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        assert response.status == 200
+        text: str = response.read().decode()
+    return text
+
+
+def test_metrics_behind_the_cloud_fallback_show_the_held_models_load_time(
+    artifacts: Path, populated_store: Path, tmp_path: Path
+) -> None:
+    cloud = RecordingCloud(populated_store, tmp_path / "cloud-cache")
+    client = FakeGreengrassIPC()
+    try:
+        with door_in_process(
+            artifacts, tmp_path, client, {"MODELSHIP_EDGE_CLOUD_ENDPOINT": cloud.url}
+        ) as door:
+            assert door.server is not None
+            # The handler is wrapped: the service behind it is out of LocalServer's sight.
+            assert isinstance(door.server.lambda_handler, HybridHandler)
+            url = f"http://127.0.0.1:{door.server.server_address[1]}"
+            wait_until_ready(url, "iris")
+            assert call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)[0] == 200
+            add_sub = {
+                "inputs": [
+                    {"name": name, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+                    for name in ("a", "b")
+                ]
+            }
+            status, answer = call(url, "POST", "/v2/models/add_sub/infer", add_sub)
+            assert status == 200 and answer["parameters"]["served_by"] == "cloud"
+            text = scrape(url)
+            (load_line,) = [
+                line for line in text.splitlines() if line.startswith("modelship_model_load_seconds{")
+            ]
+            assert 'model="iris"' in load_line and 'version="1"' in load_line
+            assert float(load_line.rsplit(" ", 1)[1]) > 0
+            assert "modelship_models_loaded 1.0" in text
+            # The forwarded request is counted too, with the cloud's status.
+            assert 'modelship_http_requests_total{endpoint="infer",model="add_sub",status="200"} 1.0' in text
+            snapshot = door.server.metrics.snapshot()
+            assert [(model["name"], model["version"]) for model in snapshot["models"]] == [("iris", 1)]
+    finally:
+        cloud.stop()
+
+
+def test_the_figures_are_published_on_the_recipes_authorized_topic_and_follow_configuration(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    """The door under the nucleus's authorization, configured as the packaged recipe's defaults: the
+    bridge subscribes and the figures go out on the metrics topic; a new topic is taken in place, and
+    refused by the nucleus (logged, the door serves on) until the deployment authorizes it."""
+    iris = RecipeModel.from_store("bucket", "prefix", "iris", 1, "00" * 32, b"{}")
+    recipe = build_components("s3://bucket/prefix", [iris])[1]
+    configuration = copy.deepcopy(recipe["ComponentConfiguration"]["DefaultConfiguration"])
+    client = FakeGreengrassIPC(configuration=configuration, enforce_access_control=True)
+    with door_in_process(artifacts, tmp_path, client, {"AWS_IOT_THING_NAME": "device-7"}) as door:
+        assert door.server is not None and door.metrics_publisher is not None
+        url = f"http://127.0.0.1:{door.server.server_address[1]}"
+        wait_until_ready(url, "iris")
+        assert call(url, "POST", "/v2/models/iris/infer", IRIS_REQUEST)[0] == 200
+        assert door.metrics_publisher.settings.metrics_interval_seconds == 60
+        assert door.metrics_publisher.publish_once()
+        (published,) = client.wait_for_reply("modelship/metrics")
+        assert published["thing"] == "device-7"
+        assert [(model["name"], model["version"]) for model in published["models"]] == [("iris", 1)]
+        counted = {
+            (row["model"], row["endpoint"], row["status"]): row["count"] for row in published["requests"]
+        }
+        assert counted[("iris", "infer", 200)] == 1
+
+        client.change_configuration({"metricsTopic": "site/7/metrics", "metricsIntervalSeconds": "0"})
+        assert door.metrics_publisher.settings.metrics_topic == "site/7/metrics"
+        assert door.metrics_publisher.settings.metrics_interval_seconds == 0
+        assert door.metrics_publisher.publish_once() is False
+        assert call(url, "GET", "/v2/health/live")[0] == 200
+
+        access = copy.deepcopy(configuration["accessControl"])
+        access["aws.greengrass.ipc.pubsub"]["com.modelship.Inference:metrics:1"]["resources"] = [
+            "site/7/metrics"
+        ]
+        client.change_configuration({"accessControl": access})
+        assert door.metrics_publisher.publish_once()
+        assert client.wait_for_reply("site/7/metrics")[0]["thing"] == "device-7"

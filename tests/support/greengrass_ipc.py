@@ -4,11 +4,16 @@ awscrt has an eventstream RPC client but no server, so the door's IPC is tested 
 methods take exactly the installed client's keyword-only parameters (tests/unit/test_edge_ipc.py compares
 the signatures), it records every call, and it delivers messages and configuration events built from
 ``awsiot.greengrasscoreipc.model``, as the nucleus would. Callbacks run on the thread that delivers.
+
+With ``enforce_access_control`` it authorizes PublishToTopic and SubscribeToTopic as the Java nucleus
+does, against the ``accessControl`` of the component's own configuration (``pubsub_authorized``), and
+answers ``UnauthorizedError`` otherwise.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +24,55 @@ from typing import Any
 from awsiot.greengrasscoreipc import model
 
 COMPONENT_NAME = "com.modelship.Inference"
+PUBSUB_SERVICE = "aws.greengrass.ipc.pubsub"
+PUBLISH_TO_TOPIC = "aws.greengrass#PublishToTopic"
+SUBSCRIBE_TO_TOPIC = "aws.greengrass#SubscribeToTopic"
+_RESOURCE_ESCAPE = re.compile(r"\$\{(.)\}")
+
+
+class InvalidPolicy(AssertionError):
+    """A resource the nucleus would refuse when it loads the component's policies."""
+
+
+def resource_pattern(resource: str) -> re.Pattern[str]:
+    """How the Java nucleus (2.6 and later) reads a local pub/sub resource (NUC authorization/
+    AuthorizationModule.validateResource, WildcardTrie.matchesStandard, the lookup pubsub uses): ``*``
+    alone matches everything, ``*`` elsewhere any run of characters, '/' included; ``${*}``, ``${?}`` and
+    ``${$}`` are those characters; a bare ``?`` and any other ``${...}`` are refused; MQTT wildcards
+    (``+``, ``#``) are plain characters."""
+    if not resource:
+        raise InvalidPolicy("Resource cannot be empty")
+    parts: list[str] = []
+    index = 0
+    while index < len(resource):
+        character = resource[index]
+        if resource.startswith("${", index):
+            escape = _RESOURCE_ESCAPE.match(resource, index)
+            if escape is None or escape.group(1) not in "*$?":
+                raise InvalidPolicy(f"{resource!r} contains an invalid escape sequence")
+            parts.append(re.escape(escape.group(1)))
+            index = escape.end()
+            continue
+        if character == "?":
+            raise InvalidPolicy(f"{resource!r} contains '?': use ${{?}}")
+        parts.append(".*" if character == "*" else re.escape(character))
+        index += 1
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def pubsub_authorized(access_control: Any, operation: str, topic: str) -> bool:
+    """Whether a component whose configuration holds ``access_control`` may do ``operation`` on ``topic``
+    (a topic filter, for a subscription): some policy under ``aws.greengrass.ipc.pubsub`` names the
+    operation (or ``*``) and a resource that matches."""
+    policies = access_control.get(PUBSUB_SERVICE) if isinstance(access_control, dict) else None
+    for policy in (policies or {}).values():
+        operations = policy.get("operations") or []
+        if operation not in operations and "*" not in operations:
+            continue
+        for resource in policy.get("resources") or []:
+            if resource_pattern(resource).fullmatch(topic):
+                return True
+    return False
 
 
 def completed_future(result: Any = None) -> Future[Any]:
@@ -61,6 +115,7 @@ class FakeGreengrassIPC:
     topic_subscriptions: list[FakeOperation] = field(default_factory=list)
     configuration_subscriptions: list[FakeOperation] = field(default_factory=list)
     closed: bool = False
+    enforce_access_control: bool = False
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
@@ -73,6 +128,7 @@ class FakeGreengrassIPC:
         self._record("publish_to_topic", topic=topic, publish_message=publish_message)
         if topic is None or "+" in topic or "#" in topic:
             raise model.InvalidArgumentsError(message=f"cannot publish to {topic!r}")
+        self._authorize(PUBLISH_TO_TOPIC, topic)
         assert publish_message is not None
         if publish_message.json_message is not None:
             message = publish_message.json_message.message
@@ -96,6 +152,8 @@ class FakeGreengrassIPC:
         self._record("subscribe_to_topic", topic=topic, receive_mode=receive_mode)
         if stream_handler is not None and on_stream_event is not None:
             raise ValueError("pass stream_handler or the callbacks, not both")
+        assert topic is not None
+        self._authorize(SUBSCRIBE_TO_TOPIC, topic)
         operation = FakeOperation(topic, on_stream_event)
         self.topic_subscriptions.append(operation)
         return model.SubscribeToTopicResponse(topic_name=topic), operation
@@ -189,6 +247,15 @@ class FakeGreengrassIPC:
 
     def open_topic_filters(self) -> list[str | None]:
         return [operation.topic for operation in self.topic_subscriptions if not operation.closed]
+
+    def _authorize(self, operation: str, topic: str) -> None:
+        if not self.enforce_access_control:
+            return
+        if not pubsub_authorized(self.configuration.get("accessControl"), operation, topic):
+            raise model.UnauthorizedError(
+                message=f"Principal {COMPONENT_NAME} is not authorized to perform {PUBSUB_SERVICE}:"
+                f"{operation} on resource {topic}"
+            )
 
     def _record(self, method: str, **arguments: Any) -> None:
         with self._changed:

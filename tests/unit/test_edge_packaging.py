@@ -27,6 +27,7 @@ from edge_greengrass.recipes import (
     model_component_version,
     render_recipe,
 )
+from tests.support.greengrass_ipc import PUBLISH_TO_TOPIC, pubsub_authorized
 from tests.support.processes import REPO_ROOT
 
 STORE = "s3://models-bucket/team"
@@ -105,12 +106,38 @@ def test_the_inference_recipe(built: tuple[list[dict[str, Any]], dict[str, Any],
     assert defaults["host"] == "127.0.0.1" and defaults["port"] == "8080"
     for key in ("workerThreads", "maxRequestBytes", "requestTopicPrefix", "replyTopicPrefix"):
         assert isinstance(defaults[key], str), key
-    (policy,) = defaults["accessControl"]["aws.greengrass.ipc.pubsub"].values()
-    assert set(policy["operations"]) == {"aws.greengrass#SubscribeToTopic", "aws.greengrass#PublishToTopic"}
-    assert policy["policyDescription"]
+    policies = defaults["accessControl"]["aws.greengrass.ipc.pubsub"]
+    assert list(policies) == [f"{INFERENCE_COMPONENT_NAME}:pubsub:1", f"{INFERENCE_COMPONENT_NAME}:metrics:1"]
+    bridge, metrics = policies.values()
+    assert set(bridge["operations"]) == {"aws.greengrass#SubscribeToTopic", "aws.greengrass#PublishToTopic"}
     assert all(
-        resource.startswith(("modelship/infer", "modelship/reply")) for resource in policy["resources"]
+        resource.startswith(("modelship/infer", "modelship/reply")) for resource in bridge["resources"]
     )
+    # The figures' topic: publish only, that topic only.
+    assert metrics["operations"] == ["aws.greengrass#PublishToTopic"]
+    assert metrics["resources"] == [defaults["metricsTopic"]] == ["modelship/metrics"]
+    assert defaults["metricsIntervalSeconds"] == "60"
+    assert all(policy["policyDescription"] for policy in policies.values())
+    # Neither is interpolated into the lifecycle: both apply in place.
+    assert "metrics" not in run
+
+
+def test_the_recipe_authorizes_a_packaged_metrics_topic_and_refuses_a_bad_configuration() -> None:
+    recipe = build_components(
+        STORE, [source()], configuration={"metricsTopic": "site/7/metrics", "metricsIntervalSeconds": "0"}
+    )[1]
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    access = defaults["accessControl"]
+    assert pubsub_authorized(access, PUBLISH_TO_TOPIC, "site/7/metrics")
+    assert not pubsub_authorized(access, PUBLISH_TO_TOPIC, "modelship/metrics")
+    assert recipe_problems(recipe) == []
+    for bad in (
+        {"metricsIntervalSeconds": "1"},
+        {"metricsTopic": "modelship/infer/x"},
+        {"workerThreads": "0"},
+    ):
+        with pytest.raises(BadRequest, match="the component's configuration: " + next(iter(bad))):
+            build_components(STORE, [source()], configuration=bad)
 
 
 def test_every_generated_recipe_passes_the_schema_check(

@@ -12,6 +12,13 @@ from edge_greengrass.settings import (
     access_control_policy,
     parse_configuration,
 )
+from tests.support.greengrass_ipc import (
+    PUBLISH_TO_TOPIC,
+    SUBSCRIBE_TO_TOPIC,
+    InvalidPolicy,
+    pubsub_authorized,
+    resource_pattern,
+)
 
 
 def test_the_defaults_are_the_table_in_docs_edge_md() -> None:
@@ -22,6 +29,8 @@ def test_the_defaults_are_the_table_in_docs_edge_md() -> None:
         "maxRequestBytes": "6291456",
         "requestTopicPrefix": "modelship/infer",
         "replyTopicPrefix": "modelship/reply",
+        "metricsTopic": "modelship/metrics",
+        "metricsIntervalSeconds": "60",
         "cloudEndpoint": "",
         "cloudAuth": "none",
         "cloudApiKey": "",
@@ -60,6 +69,19 @@ def test_a_nucleus_configuration_parses_with_string_numbers_and_unknown_keys() -
     assert settings.reply_topic_prefix == "site/7/reply"
 
 
+def test_the_metrics_settings_parse_and_zero_turns_the_publication_off() -> None:
+    settings = parse_configuration({"metricsTopic": " site/7/metrics ", "metricsIntervalSeconds": "5"})
+    assert (settings.metrics_topic, settings.metrics_interval_seconds) == ("site/7/metrics", 5)
+    assert parse_configuration({"metricsIntervalSeconds": 0}).metrics_interval_seconds == 0
+    assert parse_configuration({"metricsIntervalSeconds": 3600.0}).metrics_interval_seconds == 3600
+    # Deeper under the request prefix is no request topic: the door subscribes one level down only.
+    deeper = parse_configuration({"metricsTopic": "modelship/infer/iris/metrics"})
+    assert deeper.metrics_topic == "modelship/infer/iris/metrics"
+    moved = {"requestTopicPrefix": "site/infer", "metricsTopic": "site/infer/metrics"}
+    with pytest.raises(EdgeConfigurationError, match="must not be a request topic"):
+        parse_configuration(moved)
+
+
 def test_numbers_merged_as_json_numbers_are_accepted() -> None:
     assert parse_configuration({"workerThreads": 8, "port": 9000.0}).worker_threads == 8
     assert parse_configuration({"port": 9000.0}).port == 9000
@@ -85,6 +107,14 @@ def test_numbers_merged_as_json_numbers_are_accepted() -> None:
         ("requestTopicPrefix", 7, "requestTopicPrefix must be a string"),
         ("requestTopicPrefix", "a\nb", "control characters"),
         ("host", "", "host must be a host name or an address"),
+        ("metricsTopic", "modelship/metrics/#", "metricsTopic must not contain the wildcards"),
+        ("metricsTopic", "", "metricsTopic must be 1 to 200 characters"),
+        ("metricsTopic", "modelship/infer/metrics", "metricsTopic must not be a request topic"),
+        ("metricsIntervalSeconds", "4", "metricsIntervalSeconds must be 0 (off) or a whole number from 5"),
+        ("metricsIntervalSeconds", "3601", "from 5 to 3600, got '3601'"),
+        ("metricsIntervalSeconds", "-1", "metricsIntervalSeconds must be 0 (off)"),
+        ("metricsIntervalSeconds", "soon", "metricsIntervalSeconds must be 0 (off)"),
+        ("metricsIntervalSeconds", True, "metricsIntervalSeconds must be 0 (off)"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_key_and_value(key: str, value: object, message: str) -> None:
@@ -100,14 +130,21 @@ def test_a_configuration_that_is_not_an_object_is_refused() -> None:
 
 
 def test_the_access_control_policy_matches_the_topics_the_door_uses() -> None:
-    policy = access_control_policy("com.modelship.Inference", "modelship/infer", "modelship/reply")
+    policy = access_control_policy(
+        "com.modelship.Inference", "modelship/infer", "modelship/reply", "modelship/metrics"
+    )
     assert policy == {
         "aws.greengrass.ipc.pubsub": {
             "com.modelship.Inference:pubsub:1": {
                 "policyDescription": "Receive inference requests and publish their replies",
                 "operations": ["aws.greengrass#SubscribeToTopic", "aws.greengrass#PublishToTopic"],
                 "resources": ["modelship/infer/+", "modelship/reply/*"],
-            }
+            },
+            "com.modelship.Inference:metrics:1": {
+                "policyDescription": "Publish the server's figures (GET /metrics, as JSON)",
+                "operations": ["aws.greengrass#PublishToTopic"],
+                "resources": ["modelship/metrics"],
+            },
         }
     }
     defaults = parse_configuration(DEFAULT_CONFIGURATION)
@@ -118,6 +155,42 @@ def test_the_access_control_policy_matches_the_topics_the_door_uses() -> None:
 def test_the_access_control_policy_refuses_a_wildcard_prefix() -> None:
     with pytest.raises(EdgeConfigurationError):
         access_control_policy("com.example.Infer", "modelship/#", "modelship/reply")
+    with pytest.raises(EdgeConfigurationError):
+        access_control_policy("com.example.Infer", "modelship/infer", "modelship/reply", "metrics/+")
+
+
+def test_the_nucleus_authorizes_the_topics_the_door_uses_and_no_others() -> None:
+    """Checked with the nucleus's matching (tests/support/greengrass_ipc.py): what the door subscribes to
+    and publishes on passes; a neighbouring topic does not."""
+    access_control = access_control_policy("com.modelship.Inference", "modelship/infer", "modelship/reply")
+    allowed = [
+        (SUBSCRIBE_TO_TOPIC, "modelship/infer/+"),
+        (PUBLISH_TO_TOPIC, "modelship/reply/client-1"),
+        (PUBLISH_TO_TOPIC, "modelship/metrics"),
+    ]
+    refused = [
+        (SUBSCRIBE_TO_TOPIC, "modelship/metrics"),
+        (SUBSCRIBE_TO_TOPIC, "modelship/infer/#"),
+        (PUBLISH_TO_TOPIC, "modelship/metrics/other"),
+        (PUBLISH_TO_TOPIC, "modelship/metricsx"),
+        (PUBLISH_TO_TOPIC, "modelship/infer/iris"),
+    ]
+    for operation, topic in allowed:
+        assert pubsub_authorized(access_control, operation, topic), (operation, topic)
+    for operation, topic in refused:
+        assert not pubsub_authorized(access_control, operation, topic), (operation, topic)
+
+
+def test_a_topic_with_the_nucleus_wildcard_characters_is_authorized_literally() -> None:
+    """'*' is a wildcard in a resource and a bare '?' makes the nucleus refuse the policy: both are
+    escaped, so the resource matches the configured topic and nothing else."""
+    access_control = access_control_policy("c", "site/infer", "site/reply", "site/$metrics?/*")
+    (resource,) = access_control["aws.greengrass.ipc.pubsub"]["c:metrics:1"]["resources"]
+    assert resource == "site/${$}metrics${?}/${*}"
+    assert pubsub_authorized(access_control, PUBLISH_TO_TOPIC, "site/$metrics?/*")
+    assert not pubsub_authorized(access_control, PUBLISH_TO_TOPIC, "site/$metrics?/anything")
+    with pytest.raises(InvalidPolicy):
+        resource_pattern("site/metrics?")
 
 
 def test_the_settings_module_imports_only_the_standard_library_and_the_core() -> None:
