@@ -550,7 +550,8 @@ class CloudForwarder:
                 raise ForwardError(
                     503, f"the cloud endpoint is unreachable: {_describe(error)}", unreachable=True
                 ) from None
-            assert connection.sock is not None
+            if connection.sock is None:  # connect() returned without a socket: nothing to read from
+                raise ForwardError(503, "the cloud endpoint is unreachable: no connection", unreachable=True)
             connection.sock.settimeout(settings.read_timeout_seconds)
             try:
                 connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
@@ -717,7 +718,8 @@ class HybridHandler:
         path = event.get("path") if isinstance(event, dict) else None
         method = event.get("httpMethod") if isinstance(event, dict) else None
         route = model_route(path) if isinstance(path, str) else None
-        if route is None:
+        if route is None or not isinstance(path, str) or not isinstance(method, str):
+            # Not a model route, or not an event: the local handler answers (and refuses) as it does alone.
             return self.handler(event, context)
         if method in FORWARDED_METHODS and self.goes_to_cloud(route):
             try:
@@ -730,7 +732,6 @@ class HybridHandler:
             headers = (
                 {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, dict) else {}
             )
-            assert isinstance(path, str) and isinstance(method, str)
             return mark_served_by(self.forwarder.forward(method, path, headers, body), CLOUD, route)
         return mark_served_by(self.handler(event, context), EDGE, route)
 

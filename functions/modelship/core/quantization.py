@@ -422,8 +422,9 @@ def generated_samples(
     random = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     for spec in inputs:
-        _batch_size(spec)
-        assert spec.shape is not None
+        _batch_size(spec)  # refuses an input without a batch dimension, so the shape is known below
+        if spec.shape is None:
+            raise InvalidModel(f"input {spec.name!r} has no shape")
         if spec.datatype == BYTES:
             raise InvalidModel(
                 f"input {spec.name!r} holds strings, which modelship cannot generate: give --calibration"

@@ -424,10 +424,9 @@ def command_optimize(args: argparse.Namespace) -> int:
     else:
         print(f"{source.name} version {source.version} against its INT8 version")
         print(result.report.table())
-    if result.refusal is not None:
-        print(f"error: {result.refusal}", file=sys.stderr)
+    if result.refusal is not None or result.published is None:
+        print(f"error: {result.refusal or 'nothing was published'}", file=sys.stderr)
         return 1
-    assert result.published is not None
     print(
         f"pushed {result.published.name} version {result.published.version} "
         f"({result.report.method}, from version {source.version})",
