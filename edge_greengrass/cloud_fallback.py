@@ -47,7 +47,9 @@ from urllib.parse import urlsplit
 import orjson
 import pybase64
 from modelship import __version__
+from modelship.core.errors import BadRequest
 from modelship.core.names import is_valid_model_name, version_from_text
+from modelship.doors.apigw import event_body
 from modelship.doors.local_http import LambdaHandler
 
 from edge_greengrass.settings import AUTH_API_KEY, AUTH_SIGV4, CloudSettings
@@ -78,6 +80,9 @@ FORWARDED_HEADERS: Final = {
     "content-type": "Content-Type",
     "inference-header-content-length": "Inference-Header-Content-Length",
     "accept": "Accept",
+    # The body goes as it came: a gzip request stays gzip, and the cloud (API Gateway, or the function's
+    # own door) inflates it within its size cap.
+    "content-encoding": "Content-Encoding",
 }
 _EXECUTE_API_HOST: Final = re.compile(r"[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
 _DIGITS: Final = re.compile(r"[0-9]{1,19}")
@@ -723,26 +728,12 @@ class HybridHandler:
             return self.handler(event, context)
         if method in FORWARDED_METHODS and self.goes_to_cloud(route):
             try:
-                body = _event_body(event)
-            except (ValueError, TypeError):
-                return mark_served_by(
-                    error_result(400, "request body is marked base64 but is not valid base64"), EDGE, route
-                )
+                body = event_body(event)
+            except BadRequest as error:
+                return mark_served_by(error_result(error.status, error.message), EDGE, route)
             raw_headers = event.get("headers") or {}
             headers = (
                 {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, dict) else {}
             )
             return mark_served_by(self.forwarder.forward(method, path, headers, body), CLOUD, route)
         return mark_served_by(self.handler(event, context), EDGE, route)
-
-
-def _event_body(event: Mapping[str, Any]) -> bytes:
-    body = event.get("body")
-    if not body:
-        return b""
-    if not isinstance(body, str):
-        raise TypeError("body")
-    if event.get("isBase64Encoded"):
-        decoded: bytes = pybase64.b64decode(body, validate=True)
-        return decoded
-    return body.encode("utf-8", "surrogatepass")

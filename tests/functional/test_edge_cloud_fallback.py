@@ -4,6 +4,7 @@ real modelship server (or a small HTTP server with canned answers) playing the c
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import http.server
 import json
@@ -215,3 +216,25 @@ def test_an_unusable_cloud_answer_is_a_clear_json_error(
     assert answer.headers["content-type"] == "application/json"
     assert expected in answer.json()["error"]
     assert answer.headers["x-modelship-served-by"] == "cloud"
+
+
+def test_a_gzip_request_for_a_cloud_model_is_forwarded_with_its_coding(
+    cloud: RecordingCloud, populated_store: Path, tmp_path: Path
+) -> None:
+    with door(
+        populated_store,
+        tmp_path,
+        cloudEndpoint=cloud.url,
+        cloudAuth="apiKey",
+        cloudApiKey=API_KEY,
+        cloudOnlyModels="add_sub",
+    ) as url:
+        before = len(cloud.requests)
+        body = json_request({"a": (A, "FP32"), "b": (A, "FP32")})
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        answer = ask(url, "POST", "/v2/models/add_sub/infer", gzip.compress(body), headers)
+        assert answer.status == 200, answer.body
+        assert answer.json()["parameters"]["served_by"] == "cloud"
+        recorded = cloud.requests[before]
+        assert recorded.headers["content-encoding"] == "gzip"
+        assert gzip.decompress(recorded.body) == body

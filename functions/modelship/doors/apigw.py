@@ -44,7 +44,7 @@ def handle_event(service: InferenceService, event: dict[str, Any]) -> dict[str, 
     }
     accept_encoding = headers.get("accept-encoding")
     try:
-        body = _body_bytes(event)
+        body = event_body(event)
         content_encoding = headers.get("content-encoding")
         if content_encoding is not None:
             # Inflated within the cap, which the core then checks again: the same 413 either way.
@@ -76,7 +76,9 @@ def proxy_handler(service: InferenceService) -> ServiceHandler:
     return ServiceHandler(service)
 
 
-def _body_bytes(event: dict[str, Any]) -> bytes:
+def event_body(event: dict[str, Any]) -> bytes:
+    """The request body an API Gateway proxy event carries, as bytes (base64 decoded); ``BadRequest``
+    for a body that is not one. As sent: a ``Content-Encoding`` is the caller's to undo."""
     body = event.get("body")
     if not body:
         return b""
