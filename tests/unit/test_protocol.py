@@ -118,6 +118,19 @@ def test_json_numbers_are_accepted_for_float_inputs(service: InferenceService) -
     assert outputs["y"].tolist() == [[1.0, 2.0, 3.0]]
 
 
+@pytest.mark.parametrize(
+    ("datatype", "values"),
+    [("FP32", [3.0e38, -3.0e38, 1.0]), ("FP16", [60000.0, -300.0, 1.0])],
+)
+def test_large_finite_json_values_are_accepted(
+    service: InferenceService, datatype: str, values: list[float]
+) -> None:
+    """Values near the type's limit are in range even where a sum of their squares would not be."""
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": datatype, "data": values}]})
+    _, _, outputs = infer(service, f"identity_{datatype.lower()}", body)
+    np.testing.assert_array_equal(outputs["y"], np.array([values], dtype=outputs["y"].dtype))
+
+
 def test_nested_json_data_is_accepted(service: InferenceService) -> None:
     body = orjson.dumps(
         {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT16", "data": [[1, 2, 3], [4, 5, 6]]}]}
