@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
+from modelship.core import protocol
 from modelship.core.default_model import build_iris_model
 from modelship.core.service import InferenceService
 from modelship.core.settings import Settings
@@ -222,3 +224,34 @@ def test_classification_needs_a_non_empty_last_axis() -> None:
         classify(np.zeros((1, 0), np.float32), 1, None)
     with pytest.raises(BadRequest, match="last dimension"):
         classify(np.array(1.0, np.float32), 1, None)
+
+
+def _large_document(data: Sequence[object], *, prefix: str = "") -> bytes:
+    return orjson.dumps({"id": prefix, "inputs": [{"name": "x", "shape": [1, len(data)], "data": data}]})
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (b'{"data": [true]}', True),
+        (b'{"data": [1.5]}', False),
+        (_large_document([0.5] * 2000), False),
+        (_large_document([0.5] * 2000 + [True]), True),
+        (_large_document([False] + [0.5] * 2000), True),
+        # More first letters than it looks at one by one: the substring search decides.
+        (_large_document([0.5] * 2000 + [True], prefix="t" * 40), True),
+        (_large_document([0.5] * 2000, prefix="t f " * 40), False),
+    ],
+)
+def test_the_boolean_literal_search_finds_them_anywhere(document: bytes, expected: bool) -> None:
+    assert protocol._may_hold_booleans(document) is expected
+
+
+def test_a_boolean_in_a_large_float_tensor_is_refused(service: InferenceService) -> None:
+    data: list[object] = [0.5] * 3000
+    data[2500] = True
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [1000, 3], "datatype": "FP32", "data": data}]})
+    assert len(body) > protocol._SMALL_JSON_BYTES
+    response = service.handle("POST", "/v2/models/identity_fp32/infer", {}, body)
+    assert response.status == 400
+    assert "true and false are not FP32 values" in orjson.loads(response.body)["error"]
