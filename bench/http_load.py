@@ -709,6 +709,8 @@ def run_http_series(
         shutil.rmtree(work)
     work.mkdir(parents=True)
     workloads = [make_workload(name, Path(path), work) for name, path in models.items()]
+    result["request_bytes"] = {workload.name: len(workload.body) for workload in workloads}
+    result["seconds_per_turn"] = plan.seconds
     for workload in workloads:
         say(f"http: {workload.name}: request of {len(workload.body):,} bytes to {workload.path}")
 

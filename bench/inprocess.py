@@ -232,6 +232,26 @@ def minimal_protocol(session: Any, model: str, body: bytes, headers: dict[str, s
     return json_mode
 
 
+def api_gateway_base64(event: dict[str, Any], answer: dict[str, Any]) -> Callable[[], Any] | None:
+    """What the REST API's proxy integration alone makes a Lambda do for this exchange: decode a
+    base64 request body and encode a base64 response body (None when neither is base64). Part of any
+    handler behind it, whatever it serves, so the handler's floor is raw session.run plus this."""
+    import pybase64
+
+    request_body = event["body"] if event.get("isBase64Encoded") else None
+    response_body = pybase64.b64decode(answer["body"]) if answer.get("isBase64Encoded") else None
+    if request_body is None and response_body is None:
+        return None
+
+    def both_ways() -> None:
+        if request_body is not None:
+            pybase64.b64decode(request_body, validate=True)
+        if response_body is not None:
+            pybase64.b64encode_as_string(response_body)
+
+    return both_ways
+
+
 # ---------------------------------------------------------------------------------------------------
 # One measuring process
 # ---------------------------------------------------------------------------------------------------
@@ -327,16 +347,16 @@ def _measure(workdir: Path, quick: bool, label: str) -> dict[str, Any]:
         repeats = case.quick_repeats if quick else case.repeats
         floor = minimal_protocol(session, case.model, body, lower)
         floor()
-        timed = interleaved(
-            {
-                "raw": lambda: session.run(None, feeds),
-                "floor": floor,
-                "core": lambda: core.handle("POST", path, lower, body),
-                "handler": lambda: app.handler(event, context),
-            },
-            repeats,
-            warmup=max(10, min(200, repeats // 10)),
-        )
+        functions = {
+            "raw": lambda: session.run(None, feeds),
+            "floor": floor,
+            "core": lambda: core.handle("POST", path, lower, body),
+            "handler": lambda: app.handler(event, context),
+        }
+        base64_work = api_gateway_base64(event, app.handler(event, context))
+        if base64_work is not None:
+            functions["base64"] = base64_work
+        timed = interleaved(functions, repeats, warmup=max(10, min(200, repeats // 10)))
         results.append(
             {
                 "model": case.model,
