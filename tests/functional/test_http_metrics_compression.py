@@ -26,6 +26,8 @@ from modelship.doors.prometheus_metrics import LATENCY_BUCKETS, MAX_MODEL_LABELS
 from modelship.tools.client import InferenceClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.http_client import raw_exchange, statuses
+
 WAIT = 10.0
 CAP = 1 << 20
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -194,16 +196,28 @@ def test_model_labels_are_bounded(server: LocalServer) -> None:
     assert OTHER_MODEL in models
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "status"),
-    [("HEAD", "/metrics", 405), ("POST", "/metrics", 405), ("PUT", "/metrics", 405)],
-)
-def test_metrics_is_get_only(server: LocalServer, method: str, path: str, status: int) -> None:
-    got, headers, body = exchange(server, method, path, b"{}" if method != "HEAD" else b"")
-    assert got == status
-    assert headers["allow"] == "GET"
-    if method != "HEAD":
-        assert "use GET" in orjson.loads(body)["error"]
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_metrics_is_get_and_head_only(server: LocalServer, method: str) -> None:
+    got, headers, body = exchange(server, method, "/metrics", b"{}")
+    assert got == 405
+    assert headers["allow"] == "GET, HEAD"
+    assert "use GET" in orjson.loads(body)["error"]
+
+
+def test_head_metrics_has_gets_headers_and_no_body(server: LocalServer) -> None:
+    status, headers, body = exchange(server, "HEAD", "/metrics")
+    assert status == 200 and body == b""
+    assert headers["content-type"].startswith("text/plain")
+
+
+def test_metrics_in_absolute_form(server: LocalServer) -> None:
+    """A request target may be a whole URL (RFC 9112, 3.2.2); /metrics is found in it too."""
+    host, port = server.server_address[:2]
+    reply = raw_exchange(
+        (host, port),
+        f"GET http://{host}:{port}/metrics?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert statuses(reply) == [200] and b"modelship_http_requests_in_flight" in reply
 
 
 @pytest.mark.parametrize("path", ["/metrics/", "/metricsx", "/v2/metrics", "/METRICS"])
@@ -279,6 +293,25 @@ def test_request_coding_errors_over_http(server: LocalServer) -> None:
         server, "POST", "/v2/models/iris/infer", b"\x1f\x8b\x08\x00junkjunk", {"Content-Encoding": "gzip"}
     )
     assert status == 400 and "not valid gzip" in orjson.loads(body)["error"]
+
+
+def test_repeated_content_encoding_lines_are_one_list(server: LocalServer) -> None:
+    """Two Content-Encoding lines are the list of both (RFC 9110, 5.3), not the last one alone."""
+    host, port = server.server_address[:2]
+    body = gzip.compress(iris_body())
+    for first, second in (("br", "gzip"), ("gzip", "gzip")):
+        head = (
+            f"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Encoding: {first}\r\nContent-Encoding: {second}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        reply = raw_exchange((host, port), head.encode() + body)
+        assert statuses(reply) == [415], (first, second, reply[:300])
+    head = (
+        "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    assert statuses(raw_exchange((host, port), head.encode() + body)) == [200]
 
 
 def test_a_gzip_bomb_is_refused_within_the_cap(server: LocalServer) -> None:

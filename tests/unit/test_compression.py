@@ -15,8 +15,10 @@ import pybase64
 import pytest
 from modelship.core.errors import BadRequest, PayloadTooLarge
 from modelship.core.service import InferenceService
+from modelship.doors import compression
 from modelship.doors.apigw import handle_event
 from modelship.doors.compression import (
+    MAX_GZIP_MEMBERS,
     MIN_COMPRESSED_BYTES,
     UnsupportedContentEncoding,
     decode_body,
@@ -53,6 +55,10 @@ from tests.support.events import load_event
         ("*;q=0, gzip", "gzip"),
         ("x-gzip;q=0, gzip;q=0.3", "gzip"),
         (",,, ;q=1, gzip", "gzip"),
+        ("gzip;q=0.1_1", None),  # float() would take these; RFC 9110's qvalue does not
+        ("gzip;q=1.0e0", None),
+        ("gzip;q=1.000", "gzip"),
+        ("gzip;q=1.001", None),
     ],
 )
 def test_accept_encoding_q_values(accept_encoding: str, expected: str | None) -> None:
@@ -81,6 +87,33 @@ def test_request_codings_are_inflated() -> None:
     assert decode_body(text, "identity", 100) == text
     # Several gzip members one after another are one gzip body (RFC 1952).
     assert decode_body(gzip.compress(text[:5]) + gzip.compress(text[5:]), "gzip", 100) == text
+
+
+def test_gzip_members_are_bounded() -> None:
+    text = b'{"inputs": []}'
+    member = gzip.compress(b" ")
+    assert decode_body(member * (MAX_GZIP_MEMBERS - 1) + gzip.compress(text), "gzip", 1000).endswith(text)
+    with pytest.raises(BadRequest, match=f"more than {MAX_GZIP_MEMBERS} gzip members"):
+        decode_body(member * MAX_GZIP_MEMBERS + gzip.compress(text), "gzip", 1000)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_members_and_their_ends_are_found_across_chunk_boundaries(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zlib is fed the body in chunks: a member's end, the next one's magic, trailing bytes and a cut
+    stream are found wherever a chunk boundary falls."""
+    monkeypatch.setattr(compression, "_INFLATE_CHUNK_BYTES", chunk)
+    parts = [b'{"inputs": ', b"[]", b"}"]
+    body = b"".join(gzip.compress(part) for part in parts)
+    assert decode_body(body, "gzip", 1000) == b"".join(parts)
+    assert decode_body(zlib.compress(b"".join(parts)), "deflate", 1000) == b"".join(parts)
+    with pytest.raises(BadRequest, match="has 8 bytes after its gzip stream"):
+        decode_body(body + b"\x1fgarbage", "gzip", 1000)
+    with pytest.raises(BadRequest, match="has 1 bytes after its gzip stream"):
+        decode_body(body + b"\x1f", "gzip", 1000)
+    with pytest.raises(BadRequest, match="truncated"):
+        decode_body(body[:-3], "gzip", 1000)
 
 
 def test_a_body_api_gateway_already_inflated_passes_as_it_is() -> None:

@@ -47,11 +47,23 @@ def handle_event(service: InferenceService, event: dict[str, Any]) -> dict[str, 
         body = event_body(event)
         content_encoding = headers.get("content-encoding")
         if content_encoding is not None:
+            content_encoding = _all_values(event, "content-encoding", content_encoding)
             # Inflated within the cap, which the core then checks again: the same 413 either way.
             body = decode_body(body, content_encoding, service.settings.max_request_bytes)
     except ModelshipError as error:
         return to_proxy_result(error_response(error), accept_encoding)
     return to_proxy_result(service.handle(method, path, headers, body), accept_encoding)
+
+
+def _all_values(event: dict[str, Any], name: str, last: str) -> str:
+    """Every line of header ``name`` as one list (RFC 9110, 5.3): ``headers`` keeps only the last of
+    repeated lines, ``multiValueHeaders`` keeps them all. ``last`` when there is one line."""
+    multi = event.get("multiValueHeaders")
+    if isinstance(multi, dict):
+        for key, values in multi.items():
+            if isinstance(key, str) and key.lower() == name and isinstance(values, list) and len(values) > 1:
+                return ", ".join(str(value) for value in values)
+    return last
 
 
 def _not_an_event() -> dict[str, Any]:

@@ -16,6 +16,7 @@ every door.
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Final
 
@@ -37,6 +38,13 @@ _ZLIB_WBITS: Final = zlib.MAX_WBITS
 _CODING_ALIASES: Final = {"gzip": GZIP, "x-gzip": GZIP, "deflate": DEFLATE}
 # Parsed Accept-Encoding values: clients send a handful of distinct ones, so a small table saves the parse.
 _MAX_CACHED_ACCEPTS: Final = 256
+# qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )  (RFC 9110, 12.4.2)
+_QVALUE: Final = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+# A gzip body may hold several members (concatenated files); clients send one. Bounded, since each member
+# costs a new inflater: thousands of empty members in a few megabytes would be CPU for nothing.
+MAX_GZIP_MEMBERS: Final = 64
+# How much compressed input zlib is handed at once (see _inflate).
+_INFLATE_CHUNK_BYTES: Final = 64 * 1024
 _accepted: dict[str, str | None] = {}
 
 
@@ -88,13 +96,8 @@ def _qvalue(parameters: str) -> float:
         if name.strip().lower() != "q":
             continue
         value = value.strip()
-        if not value or len(value) > 5 or value[0] not in "01" or (len(value) > 1 and value[1] != "."):
-            return 0.0
-        try:
-            weight = float(value)
-        except ValueError:
-            return 0.0
-        return weight if 0.0 <= weight <= 1.0 else 0.0
+        # float() alone would also take "0.1_1" or "1.0e0".
+        return float(value) if _QVALUE.fullmatch(value) else 0.0
     return 1.0
 
 
@@ -155,12 +158,23 @@ def _looks_like_zlib(body: bytes) -> bool:
 
 
 def _inflate(body: bytes, wbits: int, limit: int, coding: str) -> bytes:
+    """Inflate ``body`` fed in chunks of ``_INFLATE_CHUNK_BYTES``: what zlib hands back unread (the
+    rest of a chunk after a member ends) is never more than one chunk, so many members cost linear
+    time, not a copy of the whole remaining body per member."""
     pieces: list[bytes] = []
     size = 0
+    view = memoryview(body)
+    offset = 0
+    members = 1
     inflater = zlib.decompressobj(wbits)
-    data = body
+    data: bytes | memoryview = b""
     try:
         while True:
+            if not data:
+                if offset >= len(body):
+                    raise BadRequest(f"request body is a truncated {coding} stream")
+                data = view[offset : offset + _INFLATE_CHUNK_BYTES]
+                offset += len(data)
             # Never more than one byte past the cap, whatever the ratio of the compressed input.
             piece = inflater.decompress(data, limit + 1 - size)
             size += len(piece)
@@ -170,19 +184,28 @@ def _inflate(body: bytes, wbits: int, limit: int, coding: str) -> bytes:
                     f"{len(body)} bytes compressed)"
                 )
             pieces.append(piece)
-            if inflater.eof:
-                rest = inflater.unused_data
-                if not rest:
-                    break
-                if coding == GZIP and rest[:2] == _GZIP_MAGIC:
-                    # A gzip file may hold several members, one after another (RFC 1952, 2.2).
-                    inflater = zlib.decompressobj(wbits)
-                    data = rest
-                    continue
-                raise BadRequest(f"request body has {len(rest)} bytes after its {coding} stream")
-            data = inflater.unconsumed_tail
-            if not data and not piece:
-                raise BadRequest(f"request body is a truncated {coding} stream")
+            if not inflater.eof:
+                data = inflater.unconsumed_tail
+                continue
+            rest = inflater.unused_data
+            if len(rest) < len(_GZIP_MAGIC) and offset < len(body):
+                # The next member's magic may straddle two chunks.
+                more = bytes(view[offset : offset + len(_GZIP_MAGIC) - len(rest)])
+                offset += len(more)
+                rest += more
+            if not rest:
+                break
+            if coding == GZIP and rest[:2] == _GZIP_MAGIC:
+                # A gzip file may hold several members, one after another (RFC 1952, 2.2).
+                members += 1
+                if members > MAX_GZIP_MEMBERS:
+                    raise BadRequest(f"request body has more than {MAX_GZIP_MEMBERS} gzip members")
+                inflater = zlib.decompressobj(wbits)
+                data = rest
+                continue
+            raise BadRequest(
+                f"request body has {len(rest) + len(body) - offset} bytes after its {coding} stream"
+            )
     except zlib.error:
         raise BadRequest(f"request body is not valid {coding} data") from None
     return b"".join(pieces)

@@ -156,6 +156,13 @@ class LocalLambdaContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
+def _is_metrics_target(target: str) -> bool:
+    """``/metrics``, with or without a query, in origin form or absolute form (RFC 9112, 3.2.2)."""
+    if target == METRICS_PATH or target.startswith(_METRICS_QUERY):
+        return True
+    return not target.startswith("/") and urlsplit(target).path == METRICS_PATH
+
+
 def build_proxy_event(
     method: str, target: str, headers: list[tuple[str, str]], body: bytes | bytearray, request_id: str
 ) -> dict[str, Any]:
@@ -541,7 +548,7 @@ class _Connection:
                 self._log(request.method, request.target, 400, 0, started)
             raise
         metrics = self.server.metrics
-        if request.target == METRICS_PATH or request.target.startswith(_METRICS_QUERY):
+        if _is_metrics_target(request.target):
             return self._serve_metrics(request, started)
         metrics.request_started()
         path = request.target

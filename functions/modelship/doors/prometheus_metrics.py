@@ -280,9 +280,9 @@ class ServerMetrics:
         self, method: str, accept: str | None, accept_encoding: str | None
     ) -> tuple[int, dict[str, str], bytes]:
         """The answer to ``method /metrics``: (status, headers, body)."""
-        if method != "GET":
+        if method not in ("GET", "HEAD"):
             body = orjson.dumps({"error": f"{method} is not allowed on /metrics; use GET"})
-            return 405, {"Content-Type": _JSON, "Allow": "GET"}, body
+            return 405, {"Content-Type": _JSON, "Allow": "GET, HEAD"}, body
         registry = self._registry_or_none()
         if registry is None:
             body = orjson.dumps(
