@@ -630,7 +630,8 @@ def tail_why(http: dict[str, Any], levels: dict[int, dict[str, float]], model: s
         if seconds:
             answers = rps * seconds
             slowest = max(1, round(answers / 100))
-            text += f", {answers:,.0f} answers per turn, so its p99 is about the {slowest}. slowest answer"
+            ordinal = {1: "1st", 2: "2nd", 3: "3rd"}.get(slowest, f"{slowest}th")
+            text += f", {answers:,.0f} answers per turn, so its p99 is about the {ordinal} slowest answer"
         edge_p99 = figure(edge, c, "p99_raw_ms") if edge else None
         if edge_p99 is not None:
             text += f"; the edge door, same core, p99 {fmt_ms(edge_p99)} ms"
